@@ -1,0 +1,273 @@
+"""The one sampler: training samples, evaluation and the server all generate through it.
+
+`Sampler` decodes a batch of rows with a KV cache. Rows join (`add`) and leave (`remove`)
+between steps, each with its own settings and random generator, so a seeded row produces the
+same text alone or batched with others. `generate` and `stream` are its simple front doors.
+"""
+
+from __future__ import annotations
+
+import codecs
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from fingpt.model import GPT
+from fingpt.tokenizer import Tokenizer
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0 means greedy
+    top_k: int = 0  # 0 means no top-k cut
+    top_p: float = 1.0
+    stop: Sequence[str] = ()  # generation ends before the first stop string; it is not returned
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 keeps all tokens), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        if any(s == "" for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    uniform: torch.Tensor,
+) -> torch.Tensor:
+    """Pick one token per row of logits (B, V), each row with its own settings.
+
+    `uniform` (B,) holds one draw in [0, 1) per row, taken from that row's generator, so a row's
+    choice never depends on the other rows. Temperature 0 is greedy.
+    """
+    logits = logits.float()
+    greedy = temperature == 0
+    scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
+    probs, order = torch.sort(F.softmax(scaled, dim=-1), dim=-1, descending=True)
+    rank = torch.arange(probs.shape[-1], device=probs.device)
+    keep = (top_k[:, None] == 0) | (rank[None, :] < top_k[:, None])
+    # top-p: the smallest set of most likely tokens whose mass reaches p
+    mass_before = probs.cumsum(dim=-1) - probs
+    keep &= mass_before < top_p[:, None]
+    keep[:, 0] = True
+    probs = probs * keep
+    cdf = probs.cumsum(dim=-1)
+    threshold = (uniform.to(cdf.device) * cdf[:, -1])[:, None]
+    choice = torch.searchsorted(cdf, threshold, right=True).clamp_(max=probs.shape[-1] - 1)
+    sampled = order.gather(-1, choice).squeeze(-1)
+    return torch.where(greedy, logits.argmax(dim=-1), sampled)
+
+
+class TextStream:
+    """Turns one row's tokens into text deltas.
+
+    Deltas are always whole UTF-8 characters (bytes of a character split across tokens wait for
+    the rest), and never show a stop string or the start of one that may still complete.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(stop)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""  # decoded so far, possibly truncated at a stop string
+        self.sent = 0  # characters of text already returned as deltas
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """Add a token; return the text that is now safe to show ("" once stopped)."""
+        if self.stopped:
+            return ""
+        self.text += self.decoder.decode(self.tokenizer.token_bytes(token_id))
+        hits = [i for i in (self.text.find(s, self.sent) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            self.stopped = True
+            return self._flush()
+        held = max(
+            (n for s in self.stop for n in range(1, len(s)) if self.text.endswith(s[:n])), default=0
+        )
+        delta = self.text[self.sent : len(self.text) - held]
+        self.sent += len(delta)
+        return delta
+
+    def finish(self) -> str:
+        """End of generation without a stop string: release whatever was held back."""
+        if not self.stopped:
+            self.text += self.decoder.decode(b"", final=True)
+        return self._flush()
+
+    def _flush(self) -> str:
+        delta = self.text[self.sent :]
+        self.sent = len(self.text)
+        return delta
+
+
+@dataclass
+class Step:
+    """What one decoding step produced for one row."""
+
+    token: int
+    logprob: float  # of the token under the model's unmodified distribution
+    text: str  # the new text delta (may be empty)
+    finish_reason: str | None  # "stop" | "length" | None while the row goes on
+
+
+@dataclass
+class _Row:
+    params: SamplingParams
+    generator: torch.Generator
+    stream: TextStream
+    prompt: list[int]
+    tokens: list[int] = field(default_factory=list)
+    pending: bool = True  # waiting for its prefill
+
+
+class Sampler:
+    """Decodes up to `max_batch_size` rows together with one KV cache (continuous batching)."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch_size: int = 8) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = model.wte.weight.device
+        self.cache = model.new_cache(max_batch_size)
+        self.rows: dict[int, _Row] = {}
+
+    @property
+    def free_rows(self) -> int:
+        return self.cache.batch_size - len(self.rows)
+
+    def add(self, prompt: str | list[int], params: SamplingParams | None = None) -> int:
+        """Queue a prompt; it joins the batch at the next step. Returns its row id.
+
+        An empty prompt starts a new document (it is fed as the end-of-text token).
+        """
+        if self.free_rows == 0:
+            raise RuntimeError(f"all {self.cache.batch_size} rows are busy: remove one first")
+        params = params or SamplingParams()
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        seed = params.seed if params.seed is not None else random.randrange(2**63)
+        row = min(set(range(self.cache.batch_size)) - set(self.rows))
+        self.rows[row] = _Row(
+            params=params,
+            generator=torch.Generator().manual_seed(seed),
+            stream=TextStream(self.tokenizer, params.stop),
+            prompt=ids or [self.tokenizer.eot_id],
+        )
+        return row
+
+    def remove(self, row: int) -> None:
+        self.rows.pop(row, None)
+
+    @torch.inference_mode()
+    def step(self) -> dict[int, Step]:
+        """Advance every row by one token. Finished rows are removed and reported once."""
+        if not self.rows:
+            return {}
+        new = [r for r, row in self.rows.items() if row.pending]
+        running = [r for r, row in self.rows.items() if not row.pending]
+        logits = {}
+        if new:
+            out = self.model.prefill(
+                self.cache, self._index(new), [self.rows[r].prompt for r in new]
+            )
+            logits.update(zip(new, out, strict=True))
+        if running:
+            last = torch.tensor([self.rows[r].tokens[-1] for r in running], device=self.device)
+            out = self.model.decode(self.cache, self._index(running), last)
+            logits.update(zip(running, out, strict=True))
+        order = new + running
+        batch = torch.stack([logits[r] for r in order]).float()
+        rows = [self.rows[r] for r in order]
+        tokens = sample(
+            batch,
+            temperature=self._param(rows, "temperature", torch.float),
+            top_k=self._param(rows, "top_k", torch.long),
+            top_p=self._param(rows, "top_p", torch.float),
+            uniform=torch.stack([torch.rand((), generator=row.generator) for row in rows]),
+        )
+        logprobs = F.log_softmax(batch, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+        steps = {}
+        for r, row, token, logprob in zip(
+            order, rows, tokens.tolist(), logprobs.tolist(), strict=True
+        ):
+            row.pending = False
+            row.tokens.append(token)
+            steps[r] = self._advance(row, token, logprob)
+            if steps[r].finish_reason:
+                self.remove(r)
+        return steps
+
+    def _advance(self, row: _Row, token: int, logprob: float) -> Step:
+        if token == self.tokenizer.eot_id:  # the model ended the call
+            return Step(token, logprob, row.stream.finish(), "stop")
+        text = row.stream.push(token)
+        if row.stream.stopped:
+            return Step(token, logprob, text, "stop")
+        if len(row.tokens) >= row.params.max_new_tokens:
+            return Step(token, logprob, text + row.stream.finish(), "length")
+        return Step(token, logprob, text, None)
+
+    def _index(self, rows: list[int]) -> torch.Tensor:
+        return torch.tensor(rows, device=self.device)
+
+    def _param(self, rows: list[_Row], name: str, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(
+            [getattr(row.params, name) for row in rows], dtype=dtype, device=self.device
+        )
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: list[int]
+    finish_reason: str
+
+
+def stream(
+    model: GPT, tokenizer: Tokenizer, prompt: str | list[int], params: SamplingParams | None = None
+) -> Iterator[str]:
+    """Yield the text of one completion as it is generated, in whole characters."""
+    sampler = Sampler(model, tokenizer, max_batch_size=1)
+    sampler.add(prompt, params)
+    while sampler.rows:
+        delta = sampler.step()[0].text
+        if delta:
+            yield delta
+
+
+def generate(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str | list[int]],
+    params: SamplingParams | Sequence[SamplingParams] | None = None,
+) -> list[Completion]:
+    """Complete every prompt, batched; `params` is one for all or one per prompt."""
+    if params is None or isinstance(params, SamplingParams):
+        params = [params or SamplingParams()] * len(prompts)
+    sampler = Sampler(model, tokenizer, max_batch_size=len(prompts))
+    rows = [sampler.add(p, sp) for p, sp in zip(prompts, params, strict=True)]
+    texts = {r: [] for r in rows}
+    tokens = {r: [] for r in rows}
+    reasons = {}
+    while sampler.rows:
+        for r, step in sampler.step().items():
+            texts[r].append(step.text)
+            tokens[r].append(step.token)
+            if step.finish_reason:
+                reasons[r] = step.finish_reason
+    return [Completion("".join(texts[r]), tokens[r], reasons[r]) for r in rows]
