@@ -4,6 +4,9 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 # Without an NVIDIA GPU, pin torch's CPU build rather than the multi-GB CUDA build pip would pick.
 TORCH_PIN := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
+# The corpora: ../shared/data beside a development checkout, else data/ (see README, Data).
+FINGPT_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(CURDIR)/data)
+export FINGPT_DATA_DIR
 
 .PHONY: install test lint format demo clean
 
@@ -20,6 +23,9 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+demo: install
+	$(BIN)/fingpt-prepare data=all
 
 format: install
 	$(BIN)/ruff check --fix .

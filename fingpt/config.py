@@ -1,0 +1,18 @@
+"""Where the Hydra configs live, and composing them from Python (tests, benchmarks, tools)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """The config the command line would build from `config_name` and these overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name, overrides=overrides or [])
