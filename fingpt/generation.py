@@ -27,6 +27,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: Sequence[str] = ()  # generation ends before the first stop string; it is not returned
     seed: int | None = None
+    logprobs: int = 0  # how many of the most likely alternatives to report at each step
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -41,6 +42,8 @@ class SamplingParams:
             self.stop = (self.stop,)
         if any(s == "" for s in self.stop):
             raise ValueError("stop strings must not be empty")
+        if not 0 <= self.logprobs <= 20:
+            raise ValueError(f"logprobs must be in [0, 20], got {self.logprobs}")
 
 
 def sample(
@@ -98,9 +101,7 @@ class TextStream:
             self.text = self.text[: min(hits)]
             self.stopped = True
             return self._flush()
-        held = max(
-            (n for s in self.stop for n in range(1, len(s)) if self.text.endswith(s[:n])), default=0
-        )
+        held = max((n for s in self.stop for n in range(1, len(s)) if self.text.endswith(s[:n])), default=0)
         delta = self.text[self.sent : len(self.text) - held]
         self.sent += len(delta)
         return delta
@@ -125,6 +126,7 @@ class Step:
     logprob: float  # of the token under the model's unmodified distribution
     text: str  # the new text delta (may be empty)
     finish_reason: str | None  # "stop" | "length" | None while the row goes on
+    top_logprobs: dict[int, float] | None = None  # the most likely tokens, if asked for
 
 
 @dataclass
@@ -182,9 +184,7 @@ class Sampler:
         running = [r for r, row in self.rows.items() if not row.pending]
         logits = {}
         if new:
-            out = self.model.prefill(
-                self.cache, self._index(new), [self.rows[r].prompt for r in new]
-            )
+            out = self.model.prefill(self.cache, self._index(new), [self.rows[r].prompt for r in new])
             logits.update(zip(new, out, strict=True))
         if running:
             last = torch.tensor([self.rows[r].tokens[-1] for r in running], device=self.device)
@@ -202,9 +202,7 @@ class Sampler:
         )
         logprobs = F.log_softmax(batch, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
         steps = {}
-        for r, row, token, logprob in zip(
-            order, rows, tokens.tolist(), logprobs.tolist(), strict=True
-        ):
+        for r, row, token, logprob in zip(order, rows, tokens.tolist(), logprobs.tolist(), strict=True):
             row.pending = False
             row.tokens.append(token)
             steps[r] = self._advance(row, token, logprob)
@@ -226,9 +224,7 @@ class Sampler:
         return torch.tensor(rows, device=self.device)
 
     def _param(self, rows: list[_Row], name: str, dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(
-            [getattr(row.params, name) for row in rows], dtype=dtype, device=self.device
-        )
+        return torch.tensor([getattr(row.params, name) for row in rows], dtype=dtype, device=self.device)
 
 
 @dataclass

@@ -42,8 +42,7 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(
-                f"GPTConfig.activation must be one of {sorted(ACTIVATIONS)}, "
-                f"got {self.activation!r}"
+                f"GPTConfig.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
             )
         if self.qkv_bias is None:
             self.qkv_bias = self.bias
@@ -192,9 +191,7 @@ class GPT(nn.Module):
         p = self.wte.weight
         return KVCache(self.config, batch_size, device=p.device, dtype=p.dtype)
 
-    def _forward_cached(
-        self, idx: torch.Tensor, cache: KVCache, rows: torch.Tensor
-    ) -> torch.Tensor:
+    def _forward_cached(self, idx: torch.Tensor, cache: KVCache, rows: torch.Tensor) -> torch.Tensor:
         """Append idx (R, T) to the contexts of cache rows `rows`; return logits (R, T, V)."""
         T = idx.shape[1]
         slots = cache.lengths[rows, None] + torch.arange(T, device=idx.device)  # (R, T)

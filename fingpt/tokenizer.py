@@ -110,9 +110,7 @@ class BPETokenizer(Tokenizer):
         if sample_calls:
             texts = _reservoir_sample(texts, sample_calls)
         if vocab_size < 257:
-            raise ValueError(
-                f"BPE vocab_size must be at least 257 (256 bytes + {EOT}), got {vocab_size}"
-            )
+            raise ValueError(f"BPE vocab_size must be at least 257 (256 bytes + {EOT}), got {vocab_size}")
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.Sequence(
             [
@@ -198,14 +196,16 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load either kind from its JSON file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"tokenizer file {path} does not exist: train one with fingpt-prepare"
-        )
-    text = path.read_text(encoding="utf-8")
+        raise FileNotFoundError(f"tokenizer file {path} does not exist: train one with fingpt-prepare")
     try:
-        data = json.loads(text)
+        return tokenizer_from_json(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"tokenizer file {path} is not valid JSON ({e}): prepare it again") from e
+
+
+def tokenizer_from_json(text: str) -> Tokenizer:
+    """Either kind from the JSON text that `Tokenizer.to_json` wrote."""
+    data = json.loads(text)
     if data.get("type") == "char":
         return CharTokenizer(data["chars"])
     return BPETokenizer(HFTokenizer.from_str(text))

@@ -26,9 +26,7 @@ def tiny(**overrides) -> GPT:
     ],
 )
 def test_config_is_validated_with_a_message_naming_the_field(field, value, message):
-    with pytest.raises(
-        ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
-    ):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         GPTConfig(**{field: value, "n_head": 6})
 
 
@@ -104,9 +102,7 @@ def test_targets_of_minus_100_are_ignored():
     masked = targets.clone()
     masked[:, 8:] = -100
     logits, loss = model(idx, masked)
-    expected = torch.nn.functional.cross_entropy(
-        logits[:, :8].reshape(-1, 64), targets[:, :8].reshape(-1)
-    )
+    expected = torch.nn.functional.cross_entropy(logits[:, :8].reshape(-1, 64), targets[:, :8].reshape(-1))
     torch.testing.assert_close(loss, expected)
     assert not torch.isclose(loss, full)
 

@@ -1,0 +1,182 @@
+"""Training throughput, side by side in one run on the same model size and batches:
+
+1. a plain PyTorch loop (forward, backward, clip, AdamW step) on fingpt's GPT;
+2. the same model trained through Lightning's Trainer with fingpt's GPTLitModule;
+3. the plain loop on the same GPT with the original's attention (one Linear per head for each
+   of key, query and value, a masked softmax), as v2.py had it.
+
+    python bench/train.py [--steps 30] [--n-embd 384 --n-head 6 --n-layer 6 --block-size 256]
+
+Prints tokens/s of each and the ratios: Lightning's cost (goal: at most 3%) and fused
+scaled_dot_product_attention vs the original's attention (goal: at least 1.5x on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fingpt.config import compose
+from fingpt.data.datamodule import TranscriptDataModule
+from fingpt.data.prepare import load_manifest, prepare
+from fingpt.lit_module import GPTLitModule
+from fingpt.model import GPT, GPTConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class OriginalHead(nn.Module):
+    """One head of the original model: its own key, query and value Linear, a masked softmax."""
+
+    def __init__(self, n_embd: int, head_size: int, block_size: int, dropout: float) -> None:
+        super().__init__()
+        self.key = nn.Linear(n_embd, head_size, bias=False)
+        self.query = nn.Linear(n_embd, head_size, bias=False)
+        self.value = nn.Linear(n_embd, head_size, bias=False)
+        self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        k, q = self.key(x), self.query(x)
+        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))
+        wei = self.dropout(F.softmax(wei, dim=-1))
+        return wei @ self.value(x)
+
+
+class OriginalAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        size = config.n_embd // config.n_head
+        self.heads = nn.ModuleList(
+            OriginalHead(config.n_embd, size, config.block_size, config.dropout) for _ in range(config.n_head)
+        )
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cached=None):
+        return self.dropout(self.proj(torch.cat([h(x) for h in self.heads], dim=-1)))
+
+
+def plain_loop(model: GPT, batches: list, warmup: int) -> float:
+    """Tokens/s of a hand-written training loop over `batches` (after `warmup` steps)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    model.train()
+    for i, (x, y) in enumerate(batches):
+        if i == warmup:
+            start = time.perf_counter()
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return (len(batches) - warmup) * batches[0][0].numel() / (time.perf_counter() - start)
+
+
+class StepTimer(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start = warmup, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def lightning_loop(module: GPTLitModule, batches: list, warmup: int, log_dir: str) -> float:
+    """Tokens/s of the same steps through the Trainer, with fingpt's logging of each step."""
+    timer = StepTimer(warmup)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=len(batches),
+        limit_val_batches=0,
+        gradient_clip_val=1.0,
+        logger=L.pytorch.loggers.TensorBoardLogger(log_dir, name="", version=""),
+        callbacks=[timer, L.pytorch.callbacks.LearningRateMonitor("step")],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+    )
+    trainer.fit(module, train_dataloaders=batches)
+    return (len(batches) - warmup) * batches[0][0].numel() / timer.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--n-embd", type=int, default=384)
+    parser.add_argument("--n-head", type=int, default=6)
+    parser.add_argument("--n-layer", type=int, default=6)
+    parser.add_argument("--block-size", type=int, default=256)
+    args = parser.parse_args()
+
+    os.environ.setdefault("FINGPT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose("prepare", ["data=sp500_sample", f"paths.cache_dir={tmp}"])
+        folder = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
+        manifest = load_manifest(folder)
+        data = TranscriptDataModule(folder, block_size=args.block_size, batch_size=args.batch_size)
+        batches = list(itertools.islice(data.train_dataloader(), args.steps + args.warmup))
+        config = dict(
+            vocab_size=manifest["vocab_size"], block_size=args.block_size, n_embd=args.n_embd,
+            n_head=args.n_head, n_layer=args.n_layer, dropout=0.0,
+        )  # fmt: skip
+        val = manifest["splits"]["validation"]
+
+        def fresh() -> GPT:
+            torch.manual_seed(0)
+            return GPT(GPTConfig(**config))
+
+        results = {}
+        for name in ("plain", "lightning", "plain", "lightning"):  # interleaved: fair to both
+            if name == "plain":
+                tps = plain_loop(fresh(), batches, args.warmup)
+            else:
+                module = GPTLitModule(
+                    model=config,
+                    optimizer={
+                        "_target_": "torch.optim.AdamW",
+                        "lr": 1e-3,
+                        "betas": [0.9, 0.95],
+                        "weight_decay": 0.1,
+                    },
+                    scheduler={"warmup_steps": 10, "min_lr_ratio": 0.1},
+                    dataset_dir=str(folder),
+                    tokens_per_byte=val["tokens"] / val["bytes"],
+                    sample_tokens=0,
+                )
+                tps = lightning_loop(module, batches, args.warmup, tmp)
+            results.setdefault(name, []).append(tps)
+        original = fresh()
+        for block in original.blocks:
+            block.attn = OriginalAttention(original.config)
+        results["original attention"] = [plain_loop(original, batches, args.warmup)]
+
+    best = {name: max(values) for name, values in results.items()}
+    size = f"{args.n_embd}/{args.n_head}/{args.n_layer}, block {args.block_size}"
+    threads = torch.get_num_threads()
+    print(f"training tokens/s, {threads} CPU threads ({size}, batch {args.batch_size}), best of runs:")
+    for name, tps in best.items():
+        print(f"  {name:<20} {tps:10.0f}")
+    print(f"Lightning's cost: {1 - best['lightning'] / best['plain']:+.1%} (goal: at most 3%)")
+    speedup = best["plain"] / best["original attention"]
+    print(f"fused attention vs the original's: {speedup:.2f}x (goal: at least 1.5x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Bits per byte of a trained model on any corpus the data stage reads.
+
+    python -m fingpt.evaluate model=lightning_logs/RUN/checkpoints/best-....ckpt \\
+        data=local data.path=../shared/data/ectsum/validation.parquet
+    fingpt-evaluate model=models/latest data=ectsum split=validation stride=64
+
+Every call is tokenized with the model's own tokenizer, preceded by <|endoftext|> as in
+training, and every one of its tokens is scored once: windows of block_size tokens slide by
+`stride`, each scoring only the tokens the previous window did not, so all but the first
+block_size tokens of a call are predicted from at least block_size - stride tokens of context.
+bpb = summed negative log-likelihood / ln 2 / UTF-8 bytes of the calls.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from fingpt.checkpoint import load_model
+from fingpt.data.sources import DataError
+from fingpt.generation import SamplingParams, generate
+from fingpt.model import GPT
+from fingpt.tokenizer import Tokenizer
+
+
+@dataclass
+class Score:
+    bpb: float
+    perplexity: float
+    tokens: int
+    bytes: int
+    calls: int
+    nll: float  # nats, summed
+
+
+def windows(ids: list[int], block_size: int, stride: int) -> Iterator[tuple[list[int], list[int]]]:
+    """(inputs, targets) of each window over one call; targets already scored are -100."""
+    scored_until = 0  # ids[1:scored_until + 1] have been scored
+    start = 0
+    while scored_until < len(ids) - 1:
+        chunk = ids[start : start + block_size + 1]
+        targets = list(chunk[1:])
+        first_new = scored_until - start  # targets before this index were scored already
+        targets[:first_new] = [-100] * first_new
+        yield chunk[:-1], targets
+        scored_until = start + len(chunk) - 1
+        start += stride
+
+
+@torch.inference_mode()
+def score(
+    model: GPT,
+    tokenizer: Tokenizer,
+    texts: Iterable[str],
+    stride: int | None = None,
+    batch_size: int = 32,
+) -> Score:
+    block = model.config.block_size
+    stride = stride or block // 2
+    if not 0 < stride <= block:
+        raise ValueError(f"stride must be in [1, block_size={block}], got {stride}")
+    device = model.wte.weight.device
+    nll, tokens, n_bytes, calls = 0.0, 0, 0, 0
+    batch: list[tuple[list[int], list[int]]] = []
+
+    def run(batch) -> tuple[float, int]:
+        width = max(len(x) for x, _ in batch)
+        x = torch.zeros(len(batch), width, dtype=torch.long)
+        y = torch.full((len(batch), width), -100, dtype=torch.long)
+        for i, (inputs, targets) in enumerate(batch):
+            x[i, : len(inputs)] = torch.tensor(inputs)
+            y[i, : len(targets)] = torch.tensor(targets)
+        logits, _ = model(x.to(device))
+        y = y.to(device)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
+        return loss.item(), int((y != -100).sum())
+
+    for text in texts:
+        calls += 1
+        n_bytes += len(text.encode("utf-8"))
+        for window in windows([tokenizer.eot_id, *tokenizer.encode(text)], block, stride):
+            batch.append(window)
+            if len(batch) == batch_size:
+                batch_nll, batch_tokens = run(batch)
+                nll, tokens, batch = nll + batch_nll, tokens + batch_tokens, []
+    if batch:
+        batch_nll, batch_tokens = run(batch)
+        nll, tokens = nll + batch_nll, tokens + batch_tokens
+    if calls == 0 or n_bytes == 0:
+        raise DataError("the corpus has no text to score: check data.path and split")
+    return Score(nll / math.log(2) / n_bytes, math.exp(nll / tokens), tokens, n_bytes, calls, nll)
+
+
+def evaluate(cfg: DictConfig) -> Score:
+    from fingpt.data.prepare import Corpus
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_model(cfg.model_path, device=device)
+    texts = (doc.text for split, doc in Corpus(cfg.data) if cfg.split in (None, split))
+    result = score(loaded.model, loaded.tokenizer, texts, cfg.stride, cfg.batch_size)
+    unknown = getattr(loaded.tokenizer, "unknown", None)
+    if unknown:
+        print(f"{sum(unknown.values())} characters unknown to the tokenizer were scored as one id")
+    if cfg.sample.tokens > 0:
+        params = SamplingParams(max_new_tokens=cfg.sample.tokens, temperature=0.8, top_k=50, seed=0)
+        (completion,) = generate(loaded.model, loaded.tokenizer, [cfg.sample.prompt], params)
+        print(f"sample: {cfg.sample.prompt}{completion.text}")
+    return result
+
+
+USAGE = "usage: fingpt-evaluate model=PATH [data=local data.path=CORPUS] [split=...] [stride=N] ..."
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`model=PATH` names a checkpoint or bundle (the config's model_path: in training configs
+    `model` is the group of model sizes); every other argument is a Hydra override."""
+    from hydra.errors import HydraException
+
+    from fingpt.config import compose
+
+    args = sys.argv[1:] if argv is None else argv
+    paths = [a.removeprefix("model=") for a in args if a.startswith("model=")]
+    if not paths or "-h" in args or "--help" in args:
+        print(USAGE, file=sys.stderr)
+        sys.exit(0 if paths else 2)
+    try:
+        cfg = compose(
+            "evaluate", [a for a in args if not a.startswith("model=")] + [f"model_path={paths[-1]}"]
+        )
+        result = evaluate(cfg)
+    except (DataError, FileNotFoundError, ValueError, HydraException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(
+        f"bpb {result.bpb:.4f}  perplexity {result.perplexity:.2f}  tokens {result.tokens:,}  "
+        f"bytes {result.bytes:,}  calls {result.calls:,}"
+    )
+
+
+if __name__ == "__main__":
+    main()

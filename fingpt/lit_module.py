@@ -1,0 +1,158 @@
+"""GPTLitModule: the training loop's view of the GPT (optimizer, schedule, metrics, samples)."""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import grad_norm
+from torchmetrics import SumMetric
+
+from fingpt.generation import SamplingParams, generate
+from fingpt.model import GPT, GPTConfig
+from fingpt.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_json
+
+SAMPLE_PROMPT = (
+    "Operator: Good afternoon, and welcome to the Apple Fourth Quarter 2024 Earnings Conference "
+    "Call. I would now like to turn the call over to"
+)
+
+
+def batch_size(batch) -> int:
+    return batch[0].shape[0]
+
+
+def batch_tokens(batch) -> int:
+    return batch[0].numel()
+
+
+def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine decay to min_lr_ratio at max_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class GPTLitModule(L.LightningModule):
+    """Trains a GPT. Its hyperparameters are plain dicts, so a checkpoint alone rebuilds it; the
+    checkpoint also carries the tokenizer (see `fingpt.checkpoint`)."""
+
+    def __init__(
+        self,
+        model: dict,
+        optimizer: dict,
+        scheduler: dict,
+        dataset_dir: str,
+        tokens_per_byte: float,
+        compile: bool = False,
+        sample_prompt: str = SAMPLE_PROMPT,
+        sample_tokens: int = 64,
+        data: dict | None = None,
+        config: dict | None = None,
+    ) -> None:
+        """`data` (the prepared corpus: name, fingerprint, sizes) and `config` (the whole training
+        config) only travel with the checkpoint, for the exported model's card."""
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # train.py logs them with the final val/bpb
+        self.model = GPT(GPTConfig(**model))
+        self.val_nll = SumMetric()
+        self.val_tokens = SumMetric()
+        self.tokens_seen = 0
+        self.tokenizer_json: str | None = None  # set when loaded from a checkpoint
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        if self.tokenizer_json is not None:
+            return tokenizer_from_json(self.tokenizer_json)
+        return load_tokenizer(Path(self.hparams.dataset_dir) / "tokenizer.json")
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            self.model.compile()  # in place: parameter names stay free of `_orig_mod.`
+
+    @property
+    def flops_per_batch(self) -> int:
+        """Training FLOPs of one batch, forward and backward: 6N + attention, per token (PaLM)."""
+        c = self.model.config
+        per_token = 6 * self.model.num_parameters() + 12 * c.n_layer * c.n_embd * c.block_size
+        return per_token * c.block_size * self.trainer.datamodule.batch_size
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.tokens_seen += x.numel() * self.trainer.world_size
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.trainer.max_steps > 0 and self.global_step >= self.trainer.max_steps:
+            self.trainer.should_stop = True  # so the Trainer validates the final weights too
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = grad_norm(self.model, norm_type=2)
+        self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        _, loss = self.model(x, y)
+        tokens = (y != -100).sum()
+        self.val_nll.update(loss.float() * tokens)
+        self.val_tokens.update(tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        nll, tokens = self.val_nll.compute(), self.val_tokens.compute()
+        self.val_nll.reset()
+        self.val_tokens.reset()
+        loss = nll / tokens
+        # bits per byte: nats per token / ln 2 * tokens per byte of the validation calls
+        bpb = loss / math.log(2) * self.hparams.tokens_per_byte
+        self.log_dict({"val/loss": loss, "val/bpb": bpb, "val/ppl": torch.exp(loss)}, prog_bar=True)
+        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            self._log_sample()
+
+    def _log_sample(self) -> None:
+        """A continuation of a fixed earnings-call opening, through the one sampler."""
+        loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers or self.hparams.sample_tokens < 1:
+            return
+        params = SamplingParams(max_new_tokens=self.hparams.sample_tokens, temperature=0.8, top_k=50, seed=0)
+        (completion,) = generate(self.model, self.tokenizer, [self.hparams.sample_prompt], params)
+        text = f"**{self.hparams.sample_prompt}**{completion.text}"
+        for logger in loggers:
+            logger.experiment.add_text("sample", text, self.global_step)
+
+    def configure_optimizers(self):
+        from hydra.utils import instantiate
+
+        matrices = [p for p in self.model.parameters() if p.dim() >= 2]
+        others = [p for p in self.model.parameters() if p.dim() < 2]  # biases, LayerNorms
+        optimizer_cfg = dict(self.hparams.optimizer)
+        groups = [
+            {"params": matrices, "weight_decay": optimizer_cfg.pop("weight_decay", 0.0)},
+            {"params": others, "weight_decay": 0.0},
+        ]
+        optimizer = instantiate(optimizer_cfg, _partial_=True)(groups)
+        s = self.hparams.scheduler
+        max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else 10**9
+
+        def multiplier(step: int) -> float:
+            return warmup_cosine(step, s["warmup_steps"], max_steps, s["min_lr_ratio"])
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer"] = self.tokenizer.to_json()
+        checkpoint["tokens_seen"] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tokenizer_json = checkpoint.get("tokenizer")
+        self.tokens_seen = checkpoint.get("tokens_seen", 0)

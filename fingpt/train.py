@@ -1,0 +1,126 @@
+"""Train a GPT on earnings calls (`python train.py ...` or `fingpt-train ...`).
+
+    python train.py                                   # model=tiny on data=sp500_sample, CPU
+    python train.py model=small trainer=gpu precision=bf16-mixed
+    python train.py experiment=seed_char              # the original model, exactly
+    python train.py -m model.dropout=0.0,0.1,0.2      # a sweep: lightning_logs/multirun/...
+    python train.py run_name=NAME ckpt_path=last      # resume a killed run
+
+Prepares the data (cached), fits, validates the best checkpoint, logs the hyperparameters with
+its val/bpb for TensorBoard's HParams tab, exports it to models/<run name> (models/latest points
+at it), and returns that val/bpb for sweepers to minimize.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fingpt.config import CONF_DIR
+from fingpt.data.datamodule import TranscriptDataModule
+from fingpt.data.prepare import load_manifest, prepare
+from fingpt.export import export, point_latest
+from fingpt.lit_module import GPTLitModule
+
+
+def resolve_checkpoint(ckpt_path: str | None, log_dir: Path) -> Path | None:
+    """`last` (the newest last.ckpt under log_dir), a run folder, or a .ckpt file."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        found = sorted(log_dir.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt under {log_dir}")
+        return found[-1]
+    path = Path(ckpt_path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: {path} does not exist")
+    return path
+
+
+def train(cfg: DictConfig) -> float:
+    start = time.time()
+    L.seed_everything(cfg.seed, workers=True)
+    resume = resolve_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir))
+    if resume is not None:  # keep writing into the resumed run's folder: one curve, one run
+        cfg.paths.output_dir = str(resume.parent.parent)
+    output_dir = Path(cfg.paths.output_dir)
+
+    dataset_dir = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
+    manifest = load_manifest(dataset_dir)
+    model_config = instantiate(cfg.model, vocab_size=manifest["vocab_size"])
+    datamodule = TranscriptDataModule(
+        dataset_dir, block_size=model_config.block_size, seed=cfg.seed, **cfg.data.loader
+    )
+    validation = manifest["splits"]["validation"]
+    module = GPTLitModule(
+        model=model_config.to_dict(),
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        dataset_dir=str(dataset_dir),
+        tokens_per_byte=validation["tokens"] / validation["bytes"],
+        compile=cfg.compile,
+        sample_prompt=cfg.sample.prompt,
+        sample_tokens=cfg.sample.tokens,
+        data={
+            "name": manifest["name"],
+            "fingerprint": manifest["fingerprint"],
+            "splits": {
+                s: {k: v[k] for k in ("calls", "tokens", "bytes")} for s, v in manifest["splits"].items()
+            },
+        },
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    if trainer.fast_dev_run:
+        return float("nan")
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    (metrics,) = trainer.validate(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    val_bpb = float(metrics["val/bpb"])
+    if trainer.is_global_zero:
+        hparams = OmegaConf.to_container(cfg, resolve=True)
+        hparams = {k: hparams[k] for k in ("model", "optimizer", "scheduler", "seed", "compile")} | {
+            "data": cfg.data.name,
+            "tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True),
+            "batch_size": cfg.data.loader.batch_size,
+            "max_steps": cfg.trainer.max_steps,
+            "precision": str(trainer.precision),
+        }
+        for logger in trainer.loggers:
+            logger.log_hyperparams(
+                hparams, {"hp/val_bpb": val_bpb, "hp/val_loss": float(metrics["val/loss"])}
+            )
+        result = {
+            "run": str(output_dir),
+            "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+            "val_bpb": val_bpb,
+            "val_loss": float(metrics["val/loss"]),
+            "steps": trainer.global_step,
+            "wall_seconds": round(time.time() - start, 1),
+            "best_checkpoint": best,
+        }
+        if cfg.export and best:
+            bundle = export(best, Path(cfg.paths.models_dir) / output_dir.name)
+            point_latest(bundle)
+            result["bundle"] = str(bundle)
+        (output_dir / "result.json").write_text(json.dumps(result, indent=2))
+        print(f"val/bpb {val_bpb:.4f} at step {trainer.global_step} ({best or 'final weights'})")
+    return val_bpb
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    return train(cfg)

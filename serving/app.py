@@ -1,0 +1,472 @@
+"""The HTTP server: OpenAI-style completions (streaming too), the original /generate, metrics.
+
+    fingpt-serve --model models/latest [--host 127.0.0.1 --port 8000 --api-key KEY]
+
+Imports the model, tokenizer and sampler modules only: no Lightning, no Hydra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.concurrency import run_in_threadpool
+
+from fingpt.checkpoint import LoadedModel, load_model
+from fingpt.generation import Step
+from serving.engine import Choice, Engine, Overloaded
+from serving.schemas import APIError, CompletionRequest, GenerateRequest, Limits
+
+log = logging.getLogger("fingpt.serve")
+
+
+@dataclass
+class Settings:
+    model: str
+    device: str = "auto"
+    api_key: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+    max_batch_size: int = 16
+    max_queue: int = 64
+    timeout: float = 120.0  # seconds a request may take, start to end
+    limits: Limits = field(default_factory=Limits)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("fingpt_requests", "HTTP requests", ["path", "status"], registry=r)
+        self.tokens = Counter("fingpt_generated_tokens", "Tokens generated", registry=r)
+        self.queue_depth = Gauge("fingpt_queue_depth", "Choices waiting for a batch row", registry=r)
+        self.batch_size = Histogram(
+            "fingpt_batch_size",
+            "Rows per decoding step",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.latency = Histogram("fingpt_request_latency_seconds", "Request latency", ["path"], registry=r)
+        self.first_token = Histogram("fingpt_time_to_first_token_seconds", "Time to first token", registry=r)
+
+
+class Guard:
+    """ASGI middleware: refuses bodies over the limit (413) and counts requests by status."""
+
+    def __init__(self, app, max_body: int, metrics: Metrics) -> None:
+        self.app, self.max_body, self.metrics = app, max_body, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, start, status = scope["path"], time.perf_counter(), [500]
+        too_large = APIError(413, f"request body is larger than {self.max_body} bytes", code="body_too_large")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await self._answer(too_large, scope, receive, send)
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise BodyTooLarge
+            return message
+
+        async def recorded_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, recorded_send)
+        except BodyTooLarge:
+            await self._answer(too_large, scope, receive, send)
+            status[0] = 413
+        finally:
+            self.metrics.requests.labels(path, str(status[0])).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+
+    async def _answer(self, error: APIError, scope, receive, send) -> None:
+        self.metrics.requests.labels(scope["path"], str(error.status)).inc()
+        await error.response()(scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI:
+    """The app; the model loads in the background (/health says 503 until it is ready)."""
+    metrics = Metrics()
+    state: dict = {"engine": None, "loaded": None, "error": None}
+
+    def load() -> None:
+        try:
+            device = settings.device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            model = loaded or load_model(settings.model, device=device)
+            model.model.to(device)
+            engine = Engine(model, settings.max_batch_size, settings.max_queue, metrics)
+            engine.start()
+            state["loaded"], state["engine"] = model, engine
+            log.info("serving %s on %s", settings.model, device)
+        except Exception as e:  # noqa: BLE001 - reported by /health
+            log.exception("could not load %s", settings.model)
+            state["error"] = str(e)
+
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=load, name="fingpt-load", daemon=True).start()
+        yield
+        if state["engine"]:
+            state["engine"].stop()
+
+    app = FastAPI(title="fingpt", version="0.1.0", lifespan=lifespan)
+    app.state.fingpt = state
+    app.state.metrics = metrics
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(Guard, max_body=settings.limits.max_body_bytes, metrics=metrics)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = [str(p) for p in first.get("loc", ()) if p != "body"]
+        message = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            message = "the body is not valid JSON"
+        elif where:
+            message = f"{'.'.join(where)}: {message}"
+        return APIError(400, message, param=".".join(where) or None).response()
+
+    def authorize(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+            raise APIError(
+                401,
+                "missing or wrong API key: send Authorization: Bearer <key>",
+                code="invalid_api_key",
+            )
+
+    def ready() -> tuple[Engine, LoadedModel]:
+        if state["engine"] is None:
+            raise APIError(
+                503,
+                "the model is still loading: retry shortly",
+                type="server_error",
+                code="loading",
+            )
+        return state["engine"], state["loaded"]
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if state["error"]:
+            return JSONResponse({"status": "error", "error": state["error"]}, status_code=503)
+        if state["engine"] is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ok", "model": model_id()})
+
+    def model_id() -> str:
+        return (state["loaded"].info or {}).get("name") or Path(settings.model).resolve().name
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models() -> dict:
+        _, loaded_model = ready()
+        card = {k: v for k, v in loaded_model.info.items() if k not in ("sha256", "training_config")}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": model_id(),
+                    "object": "model",
+                    "created": int(os.path.getmtime(settings.model)) if os.path.exists(settings.model) else 0,
+                    "owned_by": "fingpt",
+                    "context_length": loaded_model.model.config.block_size,
+                    "max_tokens": settings.limits.max_tokens,
+                    "card": card,
+                }
+            ],
+        }
+
+    async def encode_prompts(body: CompletionRequest, loaded_model: LoadedModel) -> list[list[int]]:
+        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        encoded = await run_in_threadpool(lambda: [loaded_model.tokenizer.encode(p) for p in prompts])
+        context = loaded_model.model.config.block_size
+        keep = body.truncate_prompt_tokens
+        for i, ids in enumerate(encoded):
+            if keep:
+                encoded[i] = ids[-keep:]
+            elif len(ids) > context:
+                raise APIError(
+                    400,
+                    f"the prompt is {len(ids)} tokens, longer than the model's context of {context} "
+                    "tokens: shorten it, or set truncate_prompt_tokens to keep only its last tokens",
+                    param="prompt",
+                    code="context_length_exceeded",
+                )
+        return encoded
+
+    async def run(
+        http: Request, body: CompletionRequest
+    ) -> tuple[Request, list[tuple[int, str]], AsyncIterator]:
+        engine, loaded_model = ready()
+        prompts = await encode_prompts(body, loaded_model)
+        texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        choices, labels = [], []
+        for p, ids in enumerate(prompts):
+            for k in range(body.n):
+                seed = None if body.seed is None else body.seed + k
+                choices.append(Choice(ids, body.sampling_params(seed, getattr(body, "logprobs", None))))
+                labels.append((p, texts[p]))
+        request = Request(choices=choices, loop=asyncio.get_running_loop())
+        try:
+            engine.submit(request)
+        except Overloaded as e:
+            raise APIError(
+                429,
+                f"the server is busy ({e}): retry later",
+                type="rate_limit_error",
+                code="overloaded",
+            ) from e
+        return request, labels, steps_of(http, request)
+
+    async def steps_of(http: Request, request: Request) -> AsyncIterator[tuple[int, Step]]:
+        """Steps of every choice as they come, until all finish, the client leaves or time runs out."""
+        unfinished = len(request.choices)
+        deadline = request.submitted + settings.timeout
+        first = True
+        try:
+            while unfinished:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    raise APIError(
+                        504,
+                        f"the request took longer than {settings.timeout:.0f} s",
+                        type="timeout",
+                    )
+                try:
+                    index, item = await asyncio.wait_for(request.events.get(), timeout=min(remaining, 1.0))
+                except asyncio.TimeoutError:
+                    if await http.is_disconnected():
+                        return
+                    continue
+                if isinstance(item, BaseException):
+                    raise APIError(
+                        400 if isinstance(item, ValueError) else 500, str(item), type="server_error"
+                    )
+                if first:
+                    metrics.first_token.observe(time.perf_counter() - request.submitted)
+                    first = False
+                unfinished -= item.finish_reason is not None
+                yield index, item
+        finally:
+            request.cancel()  # a no-op when done; frees the rows of a client that went away
+
+    def token_text(token: int, tokenizer) -> str:
+        return tokenizer.token_bytes(token).decode("utf-8", errors="replace")
+
+    def logprobs_of(steps: list[Step], tokenizer, offset: int) -> dict:
+        tokens = [token_text(s.token, tokenizer) for s in steps]
+        offsets, position = [], offset
+        for text in tokens:
+            offsets.append(position)
+            position += len(text)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [s.logprob for s in steps],
+            "top_logprobs": [
+                {token_text(t, tokenizer): lp for t, lp in (s.top_logprobs or {}).items()} for s in steps
+            ],
+            "text_offset": offsets,
+        }
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    async def completions(http: Request, body: CompletionRequest):
+        body.check(settings.limits)
+        request, labels, steps = await run(http, body)
+        completion_id = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        prompt_tokens = sum(len(c.prompt_ids) for c in request.choices) // body.n
+        if body.stream:
+            return StreamingResponse(
+                stream(body, request, labels, steps, completion_id, created, prompt_tokens),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
+        texts = [[] for _ in request.choices]
+        recorded: list[list[Step]] = [[] for _ in request.choices]
+        reasons = [None] * len(request.choices)
+        async for index, step in steps:
+            texts[index].append(step.text)
+            recorded[index].append(step)
+            reasons[index] = step.finish_reason
+        if any(r is None for r in reasons):  # the client went away
+            return Response(status_code=499)
+        tokenizer = request_tokenizer()
+        choices = []
+        for index, (_, prompt) in enumerate(labels):
+            prefix = prompt if body.echo else ""
+            choices.append(
+                {
+                    "index": index,
+                    "text": prefix + "".join(texts[index]),
+                    "logprobs": logprobs_of(recorded[index], tokenizer, len(prefix))
+                    if body.logprobs is not None
+                    else None,
+                    "finish_reason": reasons[index],
+                }
+            )
+        completion_tokens = sum(len(r) for r in recorded)
+        return {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model_id(),
+            "choices": choices,
+            "usage": usage(prompt_tokens, completion_tokens),
+        }
+
+    def request_tokenizer():
+        return state["loaded"].tokenizer
+
+    def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+
+    async def stream(
+        body, request, labels, steps, completion_id, created, prompt_tokens
+    ) -> AsyncIterator[str]:
+        def chunk(choices: list[dict], **extra) -> str:
+            payload = {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": model_id(),
+                "choices": choices,
+                **extra,
+            }
+            return f"data: {json.dumps(payload)}\n\n"
+
+        tokenizer = request_tokenizer()
+        completion_tokens = 0
+        offsets = [0] * len(labels)
+        try:
+            if body.echo:
+                for index, (_, prompt) in enumerate(labels):
+                    offsets[index] = len(prompt)
+                    yield chunk([{"index": index, "text": prompt, "logprobs": None, "finish_reason": None}])
+            async for index, step in steps:
+                completion_tokens += 1
+                if not step.text and not step.finish_reason and body.logprobs is None:
+                    continue  # bytes of a character still incomplete: nothing to show yet
+                logprobs = (
+                    logprobs_of([step], tokenizer, offsets[index]) if body.logprobs is not None else None
+                )
+                offsets[index] += len(step.text)
+                yield chunk(
+                    [
+                        {
+                            "index": index,
+                            "text": step.text,
+                            "logprobs": logprobs,
+                            "finish_reason": step.finish_reason,
+                        }
+                    ]
+                )
+            if body.stream_options and body.stream_options.include_usage:
+                yield chunk([], usage=usage(prompt_tokens, completion_tokens))
+        except APIError as e:  # the stream has started: report the error in it
+            yield f"data: {json.dumps(e.body())}\n\n"
+        yield "data: [DONE]\n\n"
+
+    @app.post("/generate", dependencies=[Depends(authorize)])
+    async def generate_endpoint(http: Request, body: GenerateRequest) -> dict:
+        """The original endpoint: {"max_tokens": N} -> {"generated_text": ...}."""
+        body.check(settings.limits)
+        completion = CompletionRequest(**body.model_dump())
+        request, _, steps = await run(http, completion)
+        texts = [step.text async for _, step in steps]
+        return {"generated_text": "".join(texts)}
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(
+        description="Serve a fingpt bundle over HTTP (OpenAI-style completions)."
+    )
+    parser.add_argument("--model", default="models/latest", help="a bundle folder (or a checkpoint)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--api-key", default=os.environ.get("FINGPT_API_KEY"), help="or FINGPT_API_KEY")
+    parser.add_argument("--cors-origin", action="append", default=[], help="an origin allowed by CORS")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--max-queue", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=2048, help="cap on max_tokens per request")
+    parser.add_argument("--max-n", type=int, default=8, help="cap on n per request")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take")
+    args = parser.parse_args(argv)
+    if not Path(args.model).exists():
+        parser.error(f"--model {args.model} does not exist: train and export one first (make demo)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(
+        model=args.model,
+        device=args.device,
+        api_key=args.api_key or None,
+        cors_origins=args.cors_origin,
+        max_batch_size=args.max_batch_size,
+        max_queue=args.max_queue,
+        timeout=args.timeout,
+        limits=Limits(max_tokens=args.max_tokens, max_n=args.max_n),
+    )
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

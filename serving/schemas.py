@@ -1,0 +1,120 @@
+"""Request bodies and errors of the HTTP API, in OpenAI's shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fingpt.generation import SamplingParams
+
+
+@dataclass
+class Limits:
+    max_tokens: int = 2048  # per request; the original allowed 2000
+    max_n: int = 8
+    max_body_bytes: int = 1_000_000
+
+
+class APIError(Exception):
+    """An error answered as {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, type="invalid_request_error", param=None, code=None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = (
+            status,
+            message,
+            type,
+            param,
+            code,
+        )
+
+    def body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = Field(False, strict=True)
+
+
+class Sampling(BaseModel):
+    """Settings shared by /v1/completions and /generate."""
+
+    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use (user, suffix...)
+
+    prompt: str | list[str] = Field("", strict=True)
+    max_tokens: int = Field(16, strict=True, ge=1)
+    temperature: float = Field(1.0, strict=True, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, strict=True, gt=0.0, le=1.0)
+    top_k: int = Field(0, strict=True, ge=0)  # 0: no top-k cut
+    stop: str | list[str] | None = Field(None, strict=True)
+    seed: int | None = Field(None, strict=True)
+    truncate_prompt_tokens: int | None = Field(None, strict=True, ge=1)  # keep the last k tokens
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, stop):
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > 4:
+            raise ValueError(f"at most 4 stop strings, got {len(stops)}")
+        if any(s == "" for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return stops
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, prompt):
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("a list of prompts must hold at least one")
+        return prompt
+
+    def check(self, limits: Limits) -> None:
+        """The limits the server was started with."""
+        if self.max_tokens > limits.max_tokens:
+            raise APIError(
+                400,
+                f"max_tokens is {self.max_tokens}, above this server's cap of {limits.max_tokens}",
+                param="max_tokens",
+            )
+
+    def sampling_params(self, seed: int | None, logprobs: int | None = None) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            stop=tuple(self.stop or ()),
+            seed=seed,
+            logprobs=logprobs or 0,
+        )
+
+
+class CompletionRequest(Sampling):
+    model: str | None = None
+    n: int = Field(1, strict=True, ge=1)
+    echo: bool = Field(False, strict=True)
+    logprobs: int | None = Field(None, strict=True, ge=0, le=5)
+    stream: bool = Field(False, strict=True)
+    stream_options: StreamOptions | None = None
+
+    def check(self, limits: Limits) -> None:
+        super().check(limits)
+        if self.n > limits.max_n:
+            raise APIError(400, f"n is {self.n}, above this server's cap of {limits.max_n}", param="n")
+
+
+class GenerateRequest(Sampling):
+    """The original API: {"max_tokens": N}, now with an optional prompt and sampling fields."""
+
+    max_tokens: int = Field(100, strict=True, ge=1)

@@ -1,0 +1,73 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fingpt.checkpoint import load_model
+from fingpt.evaluate import evaluate, main, score, windows
+from tests.conftest import compose
+
+TEXT = "Operator: Good day. Revenue was $1.48 billion, up 24.9% in Q3'24."
+
+
+def test_windows_score_every_token_exactly_once():
+    ids = list(range(100))
+    for block, stride in [(16, 16), (16, 5), (16, 1), (200, 100)]:
+        scored = [t for _, targets in windows(ids, block, stride) for t in targets if t != -100]
+        assert scored == ids[1:]
+        assert all(len(x) <= block for x, _ in windows(ids, block, stride))
+
+
+def test_bpb_equals_the_value_computed_by_hand(trained_run):
+    loaded = load_model(trained_run)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    ids = [tokenizer.eot_id, *tokenizer.encode(TEXT)]
+    assert len(ids) <= model.config.block_size
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([ids[:-1]]))
+    nll = F.cross_entropy(logits[0], torch.tensor(ids[1:]), reduction="sum").item()
+    result = score(model, tokenizer, [TEXT])
+    assert result.bpb == pytest.approx(nll / math.log(2) / len(TEXT.encode()), rel=1e-5)
+    assert result.tokens == len(ids) - 1 and result.bytes == len(TEXT.encode())
+    assert result.perplexity == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-5)
+
+
+def test_a_long_call_is_scored_with_a_sliding_window(trained_run):
+    loaded = load_model(trained_run)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    block = model.config.block_size
+    text = TEXT * 3
+    ids = [tokenizer.eot_id, *tokenizer.encode(text)]
+    assert len(ids) > 2 * block
+    nll = 0.0
+    with torch.no_grad():  # stride 1: token p is predicted from the block_size tokens before it
+        for p in range(1, len(ids)):
+            context = ids[max(0, p - block) : p]
+            logits, _ = model(torch.tensor([context]))
+            nll += F.cross_entropy(logits[0, -1:], torch.tensor([ids[p]]), reduction="sum").item()
+    result = score(model, tokenizer, [text], stride=1, batch_size=7)
+    assert result.nll == pytest.approx(nll, rel=1e-5)
+
+
+def test_evaluate_reads_any_corpus_with_the_models_tokenizer(trained_run, tmp_path):
+    corpus = tmp_path / "calls"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(TEXT)
+    (corpus / "b.txt").write_text("Analyst: What about margins?")
+    cfg = compose(
+        "evaluate", [f"model_path={trained_run}", "data=local", f"data.path={corpus}", "sample.tokens=5"]
+    )
+    result = evaluate(cfg)
+    assert result.calls == 2 and result.bytes == len(TEXT.encode()) + len(b"Analyst: What about margins?")
+    assert 0 < result.bpb < 20
+
+
+def test_the_cli_takes_model_equals_path_and_prints_bpb(trained_run, tmp_path, capsys):
+    (tmp_path / "calls.txt").write_text(TEXT)
+    main([f"model={trained_run}", "data=local", f"data.path={tmp_path / 'calls.txt'}", "stride=8"])
+    out = capsys.readouterr().out
+    assert out.startswith("bpb ") and "calls 1" in out
+    with pytest.raises(SystemExit):
+        main([f"model={tmp_path}/missing.ckpt", "data=local", f"data.path={tmp_path / 'calls.txt'}"])
+    assert "missing.ckpt" in capsys.readouterr().err

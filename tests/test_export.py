@@ -1,0 +1,98 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fingpt import export as export_module
+from fingpt.checkpoint import load_model
+from fingpt.export import export, main
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def bundle(trained_run, tmp_path_factory):
+    return export(trained_run, tmp_path_factory.mktemp("models") / "run")
+
+
+def test_training_exported_its_best_checkpoint_and_pointed_latest_at_it(trained_run):
+    models = trained_run.parent / "models"
+    assert (models / "latest").is_symlink() and (models / "latest").resolve() == (
+        models / trained_run.name
+    ).resolve()
+    card = json.loads((models / "latest" / "card.json").read_text())
+    assert card["steps"] in (10, 12) and card["val_bpb"] > 0
+    assert card["tokens_seen"] == card["steps"] * 8 * 32  # batch 8 x block 32 per step
+    assert card["data"]["name"] == "sp500_sample" and len(card["data"]["fingerprint"]) == 16
+    assert card["training_config"]["model"]["n_embd"] == 96
+
+
+def test_a_bundle_gives_the_checkpoints_logits(trained_run, bundle):
+    from_checkpoint, from_bundle = load_model(trained_run), load_model(bundle)
+    idx = torch.randint(0, from_checkpoint.model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(from_checkpoint.model(idx)[0], from_bundle.model(idx)[0])
+    assert from_bundle.tokenizer.to_json() == from_checkpoint.tokenizer.to_json()
+    names = set(load_file(bundle / "model.safetensors"))
+    assert "wte.weight" in names and "lm_head.weight" not in names  # tied: stored once
+    assert not any(n.startswith(("model.", "_orig_mod.")) for n in names)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_bundles(trained_run, tmp_path, dtype):
+    half = load_model(export(trained_run, tmp_path / dtype, dtype))
+    full = load_model(trained_run)
+    assert half.model.wte.weight.dtype == getattr(torch, dtype)
+    idx = torch.randint(0, full.model.config.vocab_size, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(half.model(idx)[0].float(), full.model(idx)[0], atol=0.1, rtol=0.05)
+    assert (tmp_path / dtype / "model.safetensors").stat().st_size < 0.6 * (
+        4 * sum(p.numel() for p in full.model.parameters())
+    )
+
+
+@pytest.mark.parametrize("victim", ["model.safetensors", "tokenizer.json", "config.json"])
+def test_a_bundle_with_a_missing_or_corrupt_file_is_refused_by_name(bundle, tmp_path, victim):
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-r", str(bundle), str(broken)], check=True)
+    data = bytearray((broken / victim).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (broken / victim).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{victim} is corrupt"):
+        load_model(broken)
+    (broken / victim).unlink()
+    with pytest.raises(ValueError, match=f"missing {victim}"):
+        load_model(broken)
+
+
+def test_a_crash_while_exporting_leaves_nothing(trained_run, tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export(trained_run, tmp_path / "bundle")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cli_exports_and_reports_bad_input(trained_run, tmp_path, capsys):
+    main([str(trained_run), "--out", str(tmp_path / "cli"), "--no-latest"])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "cli")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "nothing.ckpt"), "--out", str(tmp_path / "x")])
+    assert "nothing.ckpt does not exist" in capsys.readouterr().err
+
+
+def test_loading_a_bundle_imports_neither_lightning_nor_hydra(bundle):
+    code = (
+        "import sys\n"
+        "from fingpt.checkpoint import load_model\n"
+        "from fingpt.generation import generate\n"
+        f"load_model({str(bundle)!r})\n"
+        "stack = ('lightning', 'pytorch_lightning', 'hydra')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in stack))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,225 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fingpt.checkpoint import load_model
+from fingpt.config import CONF_DIR
+from fingpt.lit_module import warmup_cosine
+from fingpt.model import GPT
+from fingpt.train import train
+from tests.conftest import compose, run_cli, train_config
+from tests.helpers import read_records
+
+GROUPS = sorted(
+    p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "hparams_search")
+)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"{group}={option.stem}" for group in GROUPS for option in sorted((CONF_DIR / group).glob("*.yaml"))],
+)
+def test_every_config_group_composes(override):
+    cfg = compose("train", [override, "data.path=x.txt"] if "data=local" in override else [override])
+    assert cfg.model.n_embd % cfg.model.n_head == 0
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+
+
+def test_the_sweep_and_tool_configs_compose():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("train", ["hparams_search=optuna"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == "minimize"
+    assert set(cfg.hydra.sweeper.params) == {
+        "optimizer.lr",
+        "model.dropout",
+        "optimizer.weight_decay",
+    }
+    assert compose("evaluate", ["model_path=x.ckpt", "data.path=x.txt"]).stride is None
+    assert compose("prepare", []).tokenizer.vocab_size == 8192
+
+
+def test_seed_char_composes_to_the_original_hyperparameters():
+    cfg = compose("train", ["experiment=seed_char"])
+    assert cfg.tokenizer._target_.endswith("CharTokenizer.train") and cfg.data.name == "sp500_sample"
+    assert (cfg.data.loader.batch_size, cfg.trainer.max_steps, cfg.optimizer.lr) == (32, 5000, 3e-4)
+    assert cfg.scheduler.warmup_steps == 0 and cfg.scheduler.min_lr_ratio == 1.0  # constant
+    model = GPT(instantiate(cfg.model, vocab_size=94))  # the original's 94 characters
+    assert model.num_parameters() == 10_715_998
+    assert (model.config.block_size, model.config.dropout, model.config.activation) == (
+        8,
+        0.2,
+        "relu",
+    )
+
+
+def test_the_schedule_warms_up_then_decays_to_its_floor():
+    lrs = [warmup_cosine(step, warmup_steps=10, max_steps=110, min_lr_ratio=0.1) for step in range(120)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.55)
+    assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "medium", "gpt2"])
+def test_fast_dev_run_of_each_model_size(size, tmp_path, cache_dir):
+    cfg = train_config(
+        tmp_path, cache_dir, [f"model={size}", "debug=fast_dev_run", "data.loader.batch_size=2"]
+    )
+    cfg.model.block_size = min(cfg.model.block_size, 256)
+    train(cfg)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])
+def test_fast_dev_run_of_each_cpu_precision(precision, tmp_path, cache_dir):
+    train(train_config(tmp_path, cache_dir, [f"precision={precision}", "debug=fast_dev_run"]))
+
+
+def scalars(run_dir: Path) -> dict[str, list]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_a_short_run_validates_at_its_end_and_logs_everything(trained_run):
+    logged = scalars(trained_run)
+    assert {
+        "train/loss",
+        "train/grad_norm",
+        "val/loss",
+        "val/bpb",
+        "val/ppl",
+        "lr-AdamW/pg1",
+    } <= set(logged)
+    assert any(tag.endswith("items_per_sec") for tag in logged)  # tokens per second
+    # Lightning logs a validation inside fit at the step before: every 5 steps, at the last step
+    # (11), and again for the best checkpoint once fit ends (12)
+    assert [step for step, _ in logged["val/bpb"]] == [4, 9, 11, 12]
+    losses = [loss for _, loss in logged["train/loss"]]
+    assert losses[-1] < losses[0] - 0.5
+    assert logged["hp/val_bpb"][0][1] == pytest.approx(
+        json.loads((trained_run / "result.json").read_text())["val_bpb"]
+    )
+    events = EventAccumulator(str(trained_run))
+    events.Reload()
+    assert "sample/text_summary" in events.Tags()["tensors"]
+    checkpoints = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
+    assert checkpoints[0].startswith("best-step") and "last.ckpt" in checkpoints
+
+
+def test_a_checkpoint_alone_rebuilds_the_model_and_its_tokenizer(trained_run):
+    loaded = load_model(trained_run)
+    state = torch.load(sorted((trained_run / "checkpoints").glob("best-*.ckpt"))[0], weights_only=True)
+    assert torch.equal(loaded.model.wte.weight, state["state_dict"]["model.wte.weight"])
+    assert loaded.tokenizer.decode(loaded.tokenizer.encode("EPS of $0.98")) == "EPS of $0.98"
+    assert loaded.info["steps"] == 12 and loaded.info["val_bpb"] > 0
+
+
+def test_a_two_job_multirun_writes_two_runs_and_a_summary(tmp_path, cache_dir):
+    proc = run_cli(
+        ["-m", "model.dropout=0.0,0.1", "trainer.max_steps=3", "trainer.val_check_interval=3"],
+        tmp_path,
+        cache_dir,
+    )
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 2 and all((job / "result.json").is_file() for job in jobs)
+    with (sweep / "sweep_summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["rank"] for r in rows] == ["1", "2"]
+    assert sorted(r["overrides"] for r in rows) == ["model.dropout=0.0", "model.dropout=0.1"]
+    assert float(rows[0]["val_bpb"]) <= float(rows[1]["val_bpb"])
+    assert "| rank | val/bpb |" in (sweep / "sweep_summary.md").read_text()
+    assert "sweep_summary" not in proc.stderr and "| 1 |" in proc.stdout
+
+
+def test_a_killed_run_resumes_at_the_same_step_with_the_same_batches(tmp_path, cache_dir):
+    common = [
+        "trainer.max_steps=16",
+        "trainer.val_check_interval=5",
+        "+callbacks.recorder._target_=tests.helpers.BatchRecorder",
+    ]
+    run_cli(
+        [*common, "run_name=whole", f"+callbacks.recorder.path={tmp_path}/whole"],
+        tmp_path,
+        cache_dir,
+    )
+    killed = run_cli(
+        [
+            *common,
+            "run_name=killed",
+            f"+callbacks.recorder.path={tmp_path}/killed",
+            "+callbacks.kill._target_=tests.helpers.KillAt",
+            "+callbacks.kill.step=12",
+        ],
+        tmp_path,
+        cache_dir,
+        check=False,
+    )
+    assert killed.returncode == -9
+    run_cli(
+        [
+            *common,
+            "run_name=killed",
+            "ckpt_path=last",
+            f"+callbacks.recorder.path={tmp_path}/resumed",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    whole = {r["step"]: r for r in read_records(tmp_path / "whole")}
+    resumed = read_records(tmp_path / "resumed")
+    assert resumed[0]["step"] == 10  # the newest checkpoint of the killed run
+    assert [r["step"] for r in resumed] == list(range(10, 16))
+    for r in resumed:
+        assert r["batch"] == whole[r["step"]]["batch"]
+        assert r["lr"] == pytest.approx(whole[r["step"]]["lr"])
+        assert r["loss"] == pytest.approx(whole[r["step"]]["loss"], abs=1e-4)
+    logged = scalars(tmp_path / "killed")
+    assert max(step for step, _ in logged["val/bpb"]) == 16  # one run folder, one continued curve
+
+
+def test_ddp_on_two_cpu_processes_trains_and_ranks_see_different_data(tmp_path, cache_dir):
+    run_cli(
+        [
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=4",
+            "+callbacks.recorder._target_=tests.helpers.BatchRecorder",
+            f"+callbacks.recorder.path={tmp_path}/ddp",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    rank0, rank1 = read_records(tmp_path / "ddp", 0), read_records(tmp_path / "ddp", 1)
+    assert [r["step"] for r in rank0] == [r["step"] for r in rank1] == [0, 1, 2, 3]
+    windows0 = {tuple(w) for r in rank0 for w in r["batch"]}
+    windows1 = {tuple(w) for r in rank1 for w in r["batch"]}
+    assert not windows0 & windows1
+
+
+def test_an_optuna_search_runs_its_trials_and_summarizes_them(tmp_path, cache_dir):
+    run_cli(
+        [
+            "-m",
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=2",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert len(rows) == 2 and all("optimizer.lr=" in r["overrides"] for r in rows)
+    assert "best_value" in (sweep / "optimization_results.yaml").read_text()
