@@ -83,6 +83,19 @@ def plain_loop(model: GPT, batches: list, warmup: int) -> float:
     return (len(batches) - warmup) * batches[0][0].numel() / (time.perf_counter() - start)
 
 
+class Replay:
+    """The recorded batches as one loader (Lightning reads a bare list as several loaders)."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class StepTimer(L.Callback):
     def __init__(self, warmup: int) -> None:
         self.warmup, self.start = warmup, None
@@ -110,7 +123,7 @@ def lightning_loop(module: GPTLitModule, batches: list, warmup: int, log_dir: st
         enable_model_summary=False,
         log_every_n_steps=10,
     )
-    trainer.fit(module, train_dataloaders=batches)
+    trainer.fit(module, train_dataloaders=Replay(batches))
     return (len(batches) - warmup) * batches[0][0].numel() / timer.seconds
 
 

@@ -200,12 +200,19 @@ class Sampler:
             top_p=self._param(rows, "top_p", torch.float),
             uniform=torch.stack([torch.rand((), generator=row.generator) for row in rows]),
         )
-        logprobs = F.log_softmax(batch, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+        all_logprobs = F.log_softmax(batch, dim=-1)
+        logprobs = all_logprobs.gather(-1, tokens[:, None]).squeeze(-1).tolist()
+        top_k = max(row.params.logprobs for row in rows)
+        top = all_logprobs.topk(top_k, dim=-1) if top_k else None
         steps = {}
-        for r, row, token, logprob in zip(order, rows, tokens.tolist(), logprobs.tolist(), strict=True):
+        for i, (r, row, token) in enumerate(zip(order, rows, tokens.tolist(), strict=True)):
             row.pending = False
             row.tokens.append(token)
-            steps[r] = self._advance(row, token, logprob)
+            steps[r] = self._advance(row, token, logprobs[i])
+            if k := row.params.logprobs:
+                steps[r].top_logprobs = dict(
+                    zip(top.indices[i, :k].tolist(), top.values[i, :k].tolist(), strict=True)
+                )
             if steps[r].finish_reason:
                 self.remove(r)
         return steps

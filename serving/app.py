@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fingpt.checkpoint import LoadedModel, load_model
 from fingpt.generation import Step
-from serving.engine import Choice, Engine, Overloaded
+from serving.engine import Choice, Engine, Job, Overloaded
 from serving.schemas import APIError, CompletionRequest, GenerateRequest, Limits
 
 log = logging.getLogger("fingpt.serve")
@@ -246,9 +246,7 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
                 )
         return encoded
 
-    async def run(
-        http: Request, body: CompletionRequest
-    ) -> tuple[Request, list[tuple[int, str]], AsyncIterator]:
+    async def run(http: Request, body: CompletionRequest) -> tuple[Job, list[tuple[int, str]], AsyncIterator]:
         engine, loaded_model = ready()
         prompts = await encode_prompts(body, loaded_model)
         texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
@@ -258,9 +256,9 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
                 seed = None if body.seed is None else body.seed + k
                 choices.append(Choice(ids, body.sampling_params(seed, getattr(body, "logprobs", None))))
                 labels.append((p, texts[p]))
-        request = Request(choices=choices, loop=asyncio.get_running_loop())
+        job = Job(choices=choices, loop=asyncio.get_running_loop())
         try:
-            engine.submit(request)
+            engine.submit(job)
         except Overloaded as e:
             raise APIError(
                 429,
@@ -268,12 +266,12 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
                 type="rate_limit_error",
                 code="overloaded",
             ) from e
-        return request, labels, steps_of(http, request)
+        return job, labels, steps_of(http, job)
 
-    async def steps_of(http: Request, request: Request) -> AsyncIterator[tuple[int, Step]]:
+    async def steps_of(http: Request, job: Job) -> AsyncIterator[tuple[int, Step]]:
         """Steps of every choice as they come, until all finish, the client leaves or time runs out."""
-        unfinished = len(request.choices)
-        deadline = request.submitted + settings.timeout
+        unfinished = len(job.choices)
+        deadline = job.submitted + settings.timeout
         first = True
         try:
             while unfinished:
@@ -285,7 +283,7 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
                         type="timeout",
                     )
                 try:
-                    index, item = await asyncio.wait_for(request.events.get(), timeout=min(remaining, 1.0))
+                    index, item = await asyncio.wait_for(job.events.get(), timeout=min(remaining, 1.0))
                 except asyncio.TimeoutError:
                     if await http.is_disconnected():
                         return
@@ -295,12 +293,12 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
                         400 if isinstance(item, ValueError) else 500, str(item), type="server_error"
                     )
                 if first:
-                    metrics.first_token.observe(time.perf_counter() - request.submitted)
+                    metrics.first_token.observe(time.perf_counter() - job.submitted)
                     first = False
                 unfinished -= item.finish_reason is not None
                 yield index, item
         finally:
-            request.cancel()  # a no-op when done; frees the rows of a client that went away
+            job.cancel()  # a no-op when done; frees the rows of a client that went away
 
     def token_text(token: int, tokenizer) -> str:
         return tokenizer.token_bytes(token).decode("utf-8", errors="replace")
@@ -323,26 +321,26 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(http: Request, body: CompletionRequest):
         body.check(settings.limits)
-        request, labels, steps = await run(http, body)
+        job, labels, steps = await run(http, body)
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        prompt_tokens = sum(len(c.prompt_ids) for c in request.choices) // body.n
+        prompt_tokens = sum(len(c.prompt_ids) for c in job.choices) // body.n
         if body.stream:
             return StreamingResponse(
-                stream(body, request, labels, steps, completion_id, created, prompt_tokens),
+                stream(body, job, labels, steps, completion_id, created, prompt_tokens),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        texts = [[] for _ in request.choices]
-        recorded: list[list[Step]] = [[] for _ in request.choices]
-        reasons = [None] * len(request.choices)
+        texts = [[] for _ in job.choices]
+        recorded: list[list[Step]] = [[] for _ in job.choices]
+        reasons = [None] * len(job.choices)
         async for index, step in steps:
             texts[index].append(step.text)
             recorded[index].append(step)
             reasons[index] = step.finish_reason
         if any(r is None for r in reasons):  # the client went away
             return Response(status_code=499)
-        tokenizer = request_tokenizer()
+        tokenizer = state["loaded"].tokenizer
         choices = []
         for index, (_, prompt) in enumerate(labels):
             prefix = prompt if body.echo else ""
@@ -366,9 +364,6 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
             "usage": usage(prompt_tokens, completion_tokens),
         }
 
-    def request_tokenizer():
-        return state["loaded"].tokenizer
-
     def usage(prompt_tokens: int, completion_tokens: int) -> dict:
         return {
             "prompt_tokens": prompt_tokens,
@@ -376,9 +371,7 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
             "total_tokens": prompt_tokens + completion_tokens,
         }
 
-    async def stream(
-        body, request, labels, steps, completion_id, created, prompt_tokens
-    ) -> AsyncIterator[str]:
+    async def stream(body, job, labels, steps, completion_id, created, prompt_tokens) -> AsyncIterator[str]:
         def chunk(choices: list[dict], **extra) -> str:
             payload = {
                 "id": completion_id,
@@ -390,7 +383,7 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
             }
             return f"data: {json.dumps(payload)}\n\n"
 
-        tokenizer = request_tokenizer()
+        tokenizer = state["loaded"].tokenizer
         completion_tokens = 0
         offsets = [0] * len(labels)
         try:
@@ -427,7 +420,7 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
         """The original endpoint: {"max_tokens": N} -> {"generated_text": ...}."""
         body.check(settings.limits)
         completion = CompletionRequest(**body.model_dump())
-        request, _, steps = await run(http, completion)
+        _, _, steps = await run(http, completion)
         texts = [step.text async for _, step in steps]
         return {"generated_text": "".join(texts)}
 

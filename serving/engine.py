@@ -1,4 +1,4 @@
-"""The engine: one worker thread owns the model and decodes every request in one running batch.
+"""The engine: one worker thread owns the model and decodes every job in one running batch.
 
 Requests wait in a bounded queue, join the batch at the next decoding step (continuous
 batching) and leave it when they finish or their client goes away. Results travel back to the
@@ -35,8 +35,8 @@ class Choice:
 
 
 @dataclass
-class Request:
-    """The choices of one HTTP request, and the channel their steps come back on."""
+class Job:
+    """The choices of one HTTP job, and the channel their steps come back on."""
 
     choices: list[Choice]
     loop: asyncio.AbstractEventLoop
@@ -45,7 +45,7 @@ class Request:
     submitted: float = field(default_factory=time.perf_counter)
 
     def cancel(self) -> None:
-        self.cancelled = True  # the worker drops this request's rows before its next step
+        self.cancelled = True  # the worker drops this job's rows before its next step
 
     def emit(self, index: int, item: Step | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (index, item))
@@ -58,8 +58,8 @@ class Engine:
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.sampler = Sampler(self.model, self.tokenizer, max_batch_size)
         self.max_queue = max_queue
-        self.waiting: queue.Queue[tuple[Request, int]] = queue.Queue()
-        self.owners: dict[int, tuple[Request, int]] = {}  # sampler row -> (request, choice index)
+        self.waiting: queue.Queue[tuple[Job, int]] = queue.Queue()
+        self.owners: dict[int, tuple[Job, int]] = {}  # sampler row -> (job, choice index)
         self.metrics = metrics
         self.stopping = threading.Event()
         self.worker = threading.Thread(target=self._run, name="fingpt-engine", daemon=True)
@@ -71,12 +71,12 @@ class Engine:
         self.stopping.set()
         self.worker.join(timeout=10)
 
-    def submit(self, request: Request) -> None:
-        """Queue every choice of a request, or none of them (Overloaded)."""
-        if self.waiting.qsize() + len(request.choices) > self.max_queue:
-            raise Overloaded(f"{self.waiting.qsize()} requests are waiting (at most {self.max_queue})")
-        for index in range(len(request.choices)):
-            self.waiting.put((request, index))
+    def submit(self, job: Job) -> None:
+        """Queue every choice of a job, or none of them (Overloaded)."""
+        if self.waiting.qsize() + len(job.choices) > self.max_queue:
+            raise Overloaded(f"{self.waiting.qsize()} jobs are waiting (at most {self.max_queue})")
+        for index in range(len(job.choices)):
+            self.waiting.put((job, index))
         self._observe_queue()
 
     def _observe_queue(self) -> None:
@@ -87,37 +87,37 @@ class Engine:
         """Move waiting choices into free rows; block for the first one when idle."""
         while self.sampler.free_rows:
             try:
-                request, index = self.waiting.get(timeout=0.05) if block else self.waiting.get_nowait()
+                job, index = self.waiting.get(timeout=0.05) if block else self.waiting.get_nowait()
             except queue.Empty:
                 break
             block = False
-            if request.cancelled:
+            if job.cancelled:
                 continue
-            choice = request.choices[index]
+            choice = job.choices[index]
             try:
                 row = self.sampler.add(choice.prompt_ids, choice.params)
-            except Exception as e:  # noqa: BLE001 - a bad request must not stop the engine
-                request.emit(index, e)
+            except Exception as e:  # noqa: BLE001 - a bad job must not stop the engine
+                job.emit(index, e)
                 continue
-            self.owners[row] = (request, index)
+            self.owners[row] = (job, index)
         self._observe_queue()
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         while not self.stopping.is_set():
             self._admit(block=not self.owners)
-            for row, (request, _) in list(self.owners.items()):
-                if request.cancelled:  # the client went away: free its row
+            for row, (job, _) in list(self.owners.items()):
+                if job.cancelled:  # the client went away: free its row
                     self.sampler.remove(row)
                     del self.owners[row]
             if not self.owners:
                 continue
             try:
                 steps = self.sampler.step()
-            except Exception as e:  # noqa: BLE001 - report to every request in the batch
+            except Exception as e:  # noqa: BLE001 - report to every job in the batch
                 log.exception("decoding step failed")
-                for row, (request, index) in self.owners.items():
-                    request.emit(index, e)
+                for row, (job, index) in self.owners.items():
+                    job.emit(index, e)
                     self.sampler.remove(row)
                 self.owners.clear()
                 continue
@@ -125,7 +125,7 @@ class Engine:
                 self.metrics.batch_size.observe(len(steps))
                 self.metrics.tokens.inc(len(steps))
             for row, step in steps.items():
-                request, index = self.owners[row]
-                request.emit(index, step)
+                job, index = self.owners[row]
+                job.emit(index, step)
                 if step.finish_reason:
                     del self.owners[row]

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 from fingpt.generation import SamplingParams
 
@@ -45,7 +54,7 @@ class APIError(Exception):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = Field(False, strict=True)
+    include_usage: StrictBool = False
 
 
 class Sampling(BaseModel):
@@ -53,14 +62,14 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(extra="ignore")  # clients send fields we do not use (user, suffix...)
 
-    prompt: str | list[str] = Field("", strict=True)
-    max_tokens: int = Field(16, strict=True, ge=1)
-    temperature: float = Field(1.0, strict=True, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, strict=True, gt=0.0, le=1.0)
-    top_k: int = Field(0, strict=True, ge=0)  # 0: no top-k cut
-    stop: str | list[str] | None = Field(None, strict=True)
-    seed: int | None = Field(None, strict=True)
-    truncate_prompt_tokens: int | None = Field(None, strict=True, ge=1)  # keep the last k tokens
+    prompt: StrictStr | list[StrictStr] = ""
+    max_tokens: StrictInt = Field(16, ge=1)
+    temperature: StrictFloat | StrictInt = Field(1.0, ge=0.0, le=2.0)
+    top_p: StrictFloat | StrictInt = Field(1.0, gt=0.0, le=1.0)
+    top_k: StrictInt = Field(0, ge=0)  # 0: no top-k cut
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    truncate_prompt_tokens: StrictInt | None = Field(None, ge=1)  # keep only the last k tokens
 
     @field_validator("stop")
     @classmethod
@@ -102,10 +111,10 @@ class Sampling(BaseModel):
 
 class CompletionRequest(Sampling):
     model: str | None = None
-    n: int = Field(1, strict=True, ge=1)
-    echo: bool = Field(False, strict=True)
-    logprobs: int | None = Field(None, strict=True, ge=0, le=5)
-    stream: bool = Field(False, strict=True)
+    n: StrictInt = Field(1, ge=1)
+    echo: StrictBool = False
+    logprobs: StrictInt | None = Field(None, ge=0, le=5)
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
 
     def check(self, limits: Limits) -> None:
@@ -117,4 +126,4 @@ class CompletionRequest(Sampling):
 class GenerateRequest(Sampling):
     """The original API: {"max_tokens": N}, now with an optional prompt and sampling fields."""
 
-    max_tokens: int = Field(100, strict=True, ge=1)
+    max_tokens: StrictInt = Field(100, ge=1)

@@ -112,3 +112,11 @@ def trained_run(tmp_path_factory, cache_dir):
     cfg = train_config(tmp_path, cache_dir, ["trainer.max_steps=12", "trainer.val_check_interval=5"])
     train(cfg)
     return Path(cfg.paths.output_dir)
+
+
+@pytest.fixture(scope="session")
+def bundle(trained_run, tmp_path_factory):
+    """The trained tiny model, exported."""
+    from fingpt.export import export
+
+    return export(trained_run, tmp_path_factory.mktemp("bundles") / "tiny")

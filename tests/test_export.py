@@ -12,11 +12,6 @@ from fingpt.export import export, main
 from tests.conftest import ROOT
 
 
-@pytest.fixture(scope="module")
-def bundle(trained_run, tmp_path_factory):
-    return export(trained_run, tmp_path_factory.mktemp("models") / "run")
-
-
 def test_training_exported_its_best_checkpoint_and_pointed_latest_at_it(trained_run):
     models = trained_run.parent / "models"
     assert (models / "latest").is_symlink() and (models / "latest").resolve() == (

@@ -1,0 +1,183 @@
+import json
+import threading
+
+import pytest
+
+PROMPT = "Operator: Good afternoon, and welcome to the"
+
+
+def complete(client, **body):
+    return client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 12, **body})
+
+
+def events(response) -> list:
+    lines = [line for line in response.text.split("\n\n") if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+
+
+def test_health_and_models(client, bundle):
+    assert client.get("/health").json()["status"] == "ok"
+    (model,) = client.get("/v1/models").json()["data"]
+    card = json.loads((bundle / "card.json").read_text())
+    assert model["id"] == "tiny" and model["object"] == "model"
+    assert model["context_length"] == 32 and model["max_tokens"] == 256
+    assert model["card"]["val_bpb"] == card["val_bpb"] and model["card"]["parameters"] == card["parameters"]
+
+
+def test_a_completion_has_the_openai_shape(client):
+    response = complete(client, seed=1)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"].startswith("cmpl-") and body["object"] == "text_completion" and body["model"] == "tiny"
+    (choice,) = body["choices"]
+    assert choice["index"] == 0 and isinstance(choice["text"], str) and choice["logprobs"] is None
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    if choice["finish_reason"] == "length":
+        assert usage["completion_tokens"] == 12
+
+
+def test_seeded_completions_repeat_and_unseeded_differ(client):
+    first, again = complete(client, seed=7).json(), complete(client, seed=7).json()
+    assert first["choices"][0]["text"] == again["choices"][0]["text"]
+    texts = {complete(client, max_tokens=30).json()["choices"][0]["text"] for _ in range(4)}
+    assert len(texts) > 1
+
+
+def test_prompts_lists_n_echo_and_logprobs(client):
+    body = complete(client, prompt=["Revenue", "Guidance"], n=2, seed=3, echo=True, logprobs=2).json()
+    choices = body["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2, 3]
+    assert [c["text"][: len("Revenue")] for c in choices[:2]] == ["Revenue", "Revenue"]
+    assert choices[2]["text"].startswith("Guidance")
+    assert choices[0]["text"] != choices[1]["text"]  # n samples differ (seed, seed + 1)
+    logprobs = choices[0]["logprobs"]
+    assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(logprobs["top_logprobs"])
+    assert all(lp <= 0 for lp in logprobs["token_logprobs"])
+    assert all(1 <= len(top) <= 2 for top in logprobs["top_logprobs"])
+    assert logprobs["text_offset"][0] == len("Revenue")
+
+
+def test_stop_strings_cut_the_text(client):
+    free = complete(client, seed=11, max_tokens=40).json()["choices"][0]
+    stop = free["text"][8:11]
+    assert len(stop) == 3
+    stopped = complete(client, seed=11, max_tokens=40, stop=[stop, "never-seen"]).json()["choices"][0]
+    assert stopped["finish_reason"] == "stop"
+    assert stopped["text"] == free["text"][: free["text"].index(stop)]
+
+
+def test_streaming_sends_deltas_then_usage_then_done(client):
+    full = complete(client, seed=5, max_tokens=20).json()["choices"][0]
+    response = complete(client, seed=5, max_tokens=20, stream=True, stream_options={"include_usage": True})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    chunks = events(response)
+    assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == full["text"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == full["finish_reason"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_the_original_generate_endpoint(client):
+    response = client.post("/generate", json={"max_tokens": 20})
+    assert response.status_code == 200 and set(response.json()) == {"generated_text"}
+    seeded = client.post("/generate", json={"max_tokens": 10, "prompt": "Revenue", "seed": 2}).json()
+    assert seeded == client.post("/generate", json={"max_tokens": 10, "prompt": "Revenue", "seed": 2}).json()
+    assert client.post("/generate", json={"max_tokens": 0}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "message"),
+    [
+        ({"temperature": 2.5}, "temperature", "less than or equal to 2"),
+        ({"temperature": -0.1}, "temperature", "greater than or equal to 0"),
+        ({"top_p": 0}, "top_p", "greater than 0"),
+        ({"top_p": 1.5}, "top_p", "less than or equal to 1"),
+        ({"top_k": -1}, "top_k", "greater than or equal to 0"),
+        ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+        ({"max_tokens": 257}, "max_tokens", "max_tokens is 257, above this server's cap of 256"),
+        ({"stop": ""}, "stop", "stop strings must not be empty"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 stop strings"),
+        ({"n": 5}, "n", "n is 5, above this server's cap of 4"),
+        ({"max_tokens": "ten"}, "max_tokens", "valid integer"),
+        ({"prompt": 5}, "prompt", ""),
+        ({"prompt": ["ok", 3]}, "prompt", ""),
+        ({"prompt": []}, "prompt", "at least one"),
+        ({"stream": "yes"}, "stream", "valid boolean"),
+        ({"logprobs": 6}, "logprobs", "less than or equal to 5"),
+        ({"prompt": "word " * 40}, "prompt", "longer than the model's context of 32 tokens"),
+    ],
+)
+def test_bad_requests_get_400_in_the_openai_error_shape(client, body, param, message):
+    response = client.post("/v1/completions", json={"prompt": PROMPT, **body})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and (error["param"] or "").startswith(param)
+    assert message in error["message"]
+
+
+def test_a_long_prompt_can_keep_its_last_tokens(client):
+    response = complete(client, prompt="word " * 40, truncate_prompt_tokens=20)
+    assert response.status_code == 200 and response.json()["usage"]["prompt_tokens"] == 20
+
+
+def test_malformed_json_and_huge_bodies(client):
+    response = client.post(
+        "/v1/completions", content=b'{"prompt": "x",', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
+    response = client.post("/v1/completions", json={"prompt": "x" * 1_100_000})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+    for body in ([], None, "text", {"prompt": None}, {"stop": [1]}, {"seed": 1.5}):
+        assert client.post("/v1/completions", json=body).status_code == 400
+
+
+def test_metrics_count_requests_and_tokens(client):
+    complete(client)
+    text = client.get("/metrics").text
+    assert 'fingpt_requests_total{path="/v1/completions",status="200"}' in text
+    assert "fingpt_generated_tokens_total" in text and "fingpt_batch_size_bucket" in text
+    assert "fingpt_queue_depth" in text and "fingpt_time_to_first_token_seconds_count" in text
+
+
+def test_health_is_503_until_the_model_is_loaded(bundle, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    import serving.app
+    from fingpt.checkpoint import load_model
+    from serving.app import Settings, create_app
+
+    release = threading.Event()
+
+    def slow_load(*args, **kwargs):
+        release.wait(30)
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(serving.app, "load_model", slow_load)
+    with TestClient(create_app(Settings(model=str(bundle), device="cpu"))) as c:
+        assert c.get("/health").status_code == 503
+        busy = c.post("/v1/completions", json={"prompt": "x"})
+        assert busy.status_code == 503 and busy.json()["error"]["code"] == "loading"
+        release.set()
+        from tests.serving.conftest import wait_healthy
+
+        wait_healthy(c.get)
+
+
+def test_the_api_key_is_enforced_except_for_health(bundle):
+    from fastapi.testclient import TestClient
+
+    from serving.app import Settings, create_app
+    from tests.serving.conftest import wait_healthy
+
+    with TestClient(create_app(Settings(model=str(bundle), device="cpu", api_key="s3cret"))) as c:
+        wait_healthy(c.get)
+        assert c.post("/v1/completions", json={"prompt": "x"}).status_code == 401
+        wrong = c.post("/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        assert c.get("/v1/models").status_code == 401
+        right = c.post("/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer s3cret"})
+        assert right.status_code == 200

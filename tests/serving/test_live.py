@@ -1,0 +1,92 @@
+"""Against a real uvicorn server: the official OpenAI client, concurrency, disconnects, 429."""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+
+PROMPT = "Operator: Good afternoon, and welcome to the"
+
+
+def test_the_official_openai_client_works_streaming_and_not(live_server):
+    with live_server(api_key="k3y") as server:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="k3y")
+        completion = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=10, seed=4)
+        assert completion.object == "text_completion" and completion.choices[0].finish_reason in (
+            "stop",
+            "length",
+        )
+        streamed = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=10, seed=4, stream=True)
+        assert (
+            "".join(chunk.choices[0].text for chunk in streamed if chunk.choices)
+            == completion.choices[0].text
+        )
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+        with pytest.raises(Exception, match="401"):
+            OpenAI(base_url=f"{server.url}/v1", api_key="wrong").completions.create(model="tiny", prompt="x")
+
+
+def test_32_concurrent_requests_are_batched_and_seeded_text_is_the_same_alone(live_server):
+    with live_server(max_batch_size=16) as server:
+        body = {"prompt": "Revenue for the quarter", "max_tokens": 24, "seed": 42, "temperature": 0.9}
+        alone = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+
+        async def many():
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+                others = [
+                    client.post(
+                        "/v1/completions", json={"prompt": f"Call {i}: Operator:", "max_tokens": 24 + i}
+                    )
+                    for i in range(31)
+                ]
+                return await asyncio.gather(client.post("/v1/completions", json=body), *others)
+
+        responses = asyncio.run(many())
+        assert [r.status_code for r in responses] == [200] * 32
+        assert responses[0].json()["choices"][0]["text"] == alone
+        metrics = httpx.get(f"{server.url}/metrics").text
+        buckets = {
+            line.split('le="')[1].split('"')[0]: float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("fingpt_batch_size_bucket")
+        }
+        assert buckets["+Inf"] - buckets["1.0"] > 0  # some steps decoded more than one row
+        assert buckets["+Inf"] - buckets["8.0"] > 0  # and some more than 8
+
+
+def test_a_client_that_disconnects_frees_its_row(live_server):
+    with live_server() as server:
+        body = {"prompt": PROMPT, "max_tokens": 2000, "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            assert server.engine.owners  # the row is decoding
+        deadline = time.time() + 10
+        while server.engine.owners and time.time() < deadline:
+            time.sleep(0.05)
+        assert not server.engine.owners and server.engine.sampler.free_rows == 16
+
+
+def test_a_full_queue_answers_429(live_server):
+    with live_server(max_batch_size=1, max_queue=1) as server:
+        long = {"prompt": PROMPT, "max_tokens": 2000, "stream": True}
+
+        async def flood():
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                async with client.stream("POST", "/v1/completions", json=long) as busy:  # takes the row
+                    await busy.aiter_lines().__anext__()
+                    waiting = asyncio.create_task(
+                        client.post("/v1/completions", json={"prompt": "x", "max_tokens": 5})
+                    )
+                    while server.engine.waiting.qsize() < 1:  # now it waits in the queue
+                        await asyncio.sleep(0.01)
+                    refused = await client.post("/v1/completions", json={"prompt": "y"})
+                await waiting
+                return refused, waiting.result()
+
+        refused, waited = asyncio.run(flood())
+        assert refused.status_code == 429
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        assert waited.status_code == 200  # once the row was free, the waiting request ran
