@@ -28,6 +28,7 @@ class SamplingParams:
     stop: Sequence[str] = ()  # generation ends before the first stop string; it is not returned
     seed: int | None = None
     logprobs: int = 0  # how many of the most likely alternatives to report at each step
+    ignore_eos: bool = False  # go on past <|endoftext|> (benchmarks that need fixed lengths)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -218,7 +219,7 @@ class Sampler:
         return steps
 
     def _advance(self, row: _Row, token: int, logprob: float) -> Step:
-        if token == self.tokenizer.eot_id:  # the model ended the call
+        if token == self.tokenizer.eot_id and not row.params.ignore_eos:  # the model ended the call
             return Step(token, logprob, row.stream.finish(), "stop")
         text = row.stream.push(token)
         if row.stream.stopped:

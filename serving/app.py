@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -425,6 +426,42 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
         return {"generated_text": "".join(texts)}
 
     return app
+
+
+class BackgroundServer:
+    """The app on a free loopback port, served by uvicorn in a thread (tests, benchmarks)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.app = app
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        import httpx
+
+        self.thread.start()
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.server.started and httpx.get(self.url + "/health").status_code == 200:
+                return self
+            time.sleep(0.05)
+        raise TimeoutError(f"the server at {self.url} did not become healthy")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    @property
+    def engine(self) -> Engine:
+        return self.app.state.fingpt["engine"]
 
 
 def main(argv: list[str] | None = None) -> None:

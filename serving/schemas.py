@@ -70,6 +70,7 @@ class Sampling(BaseModel):
     stop: StrictStr | list[StrictStr] | None = None
     seed: StrictInt | None = None
     truncate_prompt_tokens: StrictInt | None = Field(None, ge=1)  # keep only the last k tokens
+    ignore_eos: StrictBool = False  # generate max_tokens even past <|endoftext|> (as vLLM)
 
     @field_validator("stop")
     @classmethod
@@ -106,6 +107,7 @@ class Sampling(BaseModel):
             stop=tuple(self.stop or ()),
             seed=seed,
             logprobs=logprobs or 0,
+            ignore_eos=self.ignore_eos,
         )
 
 

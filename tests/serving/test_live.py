@@ -58,7 +58,7 @@ def test_32_concurrent_requests_are_batched_and_seeded_text_is_the_same_alone(li
 
 def test_a_client_that_disconnects_frees_its_row(live_server):
     with live_server() as server:
-        body = {"prompt": PROMPT, "max_tokens": 2000, "stream": True}
+        body = {"prompt": PROMPT, "max_tokens": 2000, "stream": True, "ignore_eos": True}
         with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
             lines = response.iter_lines()
             assert next(lines).startswith("data: ")
@@ -71,7 +71,7 @@ def test_a_client_that_disconnects_frees_its_row(live_server):
 
 def test_a_full_queue_answers_429(live_server):
     with live_server(max_batch_size=1, max_queue=1) as server:
-        long = {"prompt": PROMPT, "max_tokens": 2000, "stream": True}
+        long = {"prompt": PROMPT, "max_tokens": 2000, "stream": True, "ignore_eos": True}
 
         async def flood():
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
@@ -80,7 +80,9 @@ def test_a_full_queue_answers_429(live_server):
                     waiting = asyncio.create_task(
                         client.post("/v1/completions", json={"prompt": "x", "max_tokens": 5})
                     )
-                    while server.engine.waiting.qsize() < 1:  # now it waits in the queue
+                    for _ in range(1000):  # until it waits in the queue
+                        if server.engine.waiting.qsize() == 1:
+                            break
                         await asyncio.sleep(0.01)
                     refused = await client.post("/v1/completions", json={"prompt": "y"})
                 await waiting

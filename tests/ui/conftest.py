@@ -1,0 +1,110 @@
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import serving.app
+from serving.app import Settings, create_app
+from serving.schemas import Limits
+from tests.serving.conftest import LiveServer
+
+APP = Path(__file__).resolve().parents[2] / "ui" / "app.py"
+KEY = "s3same"
+
+
+def serve(bundle, **settings) -> LiveServer:
+    return LiveServer(create_app(Settings(model=str(bundle), device="cpu", **settings)))
+
+
+@pytest.fixture(scope="module")
+def server(bundle):
+    """A live server on the tiny bundle (context 32 tokens), without an API key."""
+    with serve(bundle) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def keyed_server(bundle):
+    with serve(bundle, api_key=KEY) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def full_server(bundle):
+    """Its queue holds nothing: every completion is refused with 429."""
+    with serve(bundle, max_batch_size=1, max_queue=0) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def capped_server(bundle):
+    with serve(bundle, limits=Limits(max_tokens=8)) as live:
+        yield live
+
+
+@contextmanager
+def unready(app):
+    """A live server that may not be healthy: it is up, whatever its model does."""
+    live = LiveServer(app)
+    live.thread.start()
+    deadline = time.time() + 30
+    while not live.server.started and time.time() < deadline:
+        time.sleep(0.02)
+    try:
+        yield live
+    finally:
+        live.__exit__()
+
+
+def wait_for_health(url: str, status: str, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while httpx.get(f"{url}/health").json()["status"] != status:
+        if time.time() > deadline:
+            raise TimeoutError(f"{url}/health never said {status}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def loading_server(bundle, monkeypatch):
+    """(server, release): the model loads only once the test sets `release`."""
+    release = threading.Event()
+    load_model = serving.app.load_model
+
+    def held(*args, **kwargs):
+        release.wait()
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(serving.app, "load_model", held)
+    with unready(create_app(Settings(model=str(bundle), device="cpu"))) as live:
+        yield live, release
+
+
+@pytest.fixture
+def closed_url() -> str:
+    """The URL of a loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+def page(monkeypatch):
+    """open(url, key=None): the page, run once, its sidebar filled from FINGPT_API_URL and FINGPT_API_KEY."""
+
+    def open_page(url: str, key: str | None = None) -> AppTest:
+        monkeypatch.setenv("FINGPT_API_URL", url)
+        if key is None:
+            monkeypatch.delenv("FINGPT_API_KEY", raising=False)
+        else:
+            monkeypatch.setenv("FINGPT_API_KEY", key)
+        at = AppTest.from_file(str(APP), default_timeout=30)
+        at.run()
+        assert not at.exception
+        return at
+
+    return open_page

@@ -1,0 +1,153 @@
+"""The page in a real headless Chromium: `streamlit run ui/app.py` against a live server.
+
+Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian: chromium, chromium-driver) and selenium.
+FINGPT_SCREENSHOT=path.png keeps the screenshot there.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving.schemas import Limits
+from tests.ui.conftest import APP, serve
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()), reason="needs /usr/bin/chromium and chromedriver"
+)
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1600",
+]
+
+
+@pytest.fixture(scope="module")
+def slow_server(bundle):
+    """A server that lets one request run long enough to be stopped by hand."""
+    with serve(bundle, limits=Limits(max_tokens=1_000_000), timeout=300) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def streamlit_page(bundle, server, slow_server, tmp_path_factory):
+    """open(api_url): the URL of `streamlit run ui/app.py` with FINGPT_API_URL=api_url."""
+    processes = []
+
+    def open_page(api_url: str) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true"]
+        command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
+        command += ["--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+        log = tmp_path_factory.mktemp("streamlit") / "log.txt"
+        env = {**os.environ, "FINGPT_API_URL": api_url, "FINGPT_API_KEY": ""}
+        process = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            assert process.poll() is None, f"streamlit exited: {log.read_text()}"
+            try:
+                if httpx.get(f"{url}/_stcore/health").status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, f"streamlit never answered: {log.read_text()}"
+            time.sleep(0.1)
+
+    yield open_page
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'chromium'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(str(CHROMEDRIVER)))
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+def button(driver, label: str):
+    """The button of that label, once the page shows it."""
+    path = f"//button[normalize-space(.)='{label}']"
+    return WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.XPATH, path))[0]
+
+
+def wait_for_text(driver, text: str, timeout: float = 60) -> None:
+    WebDriverWait(driver, timeout).until(lambda d: text in d.find_element(By.TAG_NAME, "body").text)
+
+
+def live_text(driver) -> str:
+    """The text streaming in, outside the history."""
+    texts = driver.find_elements(By.CSS_SELECTOR, "[data-testid='stText']")
+    return next((e.text for e in texts if not e.find_elements(By.XPATH, "ancestor::details")), "")
+
+
+def history_titles(driver) -> list[str]:
+    summaries = driver.find_elements(By.CSS_SELECTOR, "[data-testid='stExpander'] summary")
+    return [e.text.splitlines()[-1] for e in summaries]  # after the name of the arrow icon
+
+
+def test_generate_in_a_real_browser_and_take_a_screenshot(server, streamlit_page, browser, tmp_path):
+    browser.get(streamlit_page(server.url))
+    wait_for_text(browser, "Ready: serving tiny")
+    assert "1,237,056 parameters" in browser.find_element(By.TAG_NAME, "body").text
+    button(browser, "Generate").click()
+    WebDriverWait(browser, 60).until(lambda d: any(t.startswith("#1 at ") for t in history_titles(d)))
+    [title] = history_titles(browser)
+    assert title.endswith(("reached max tokens, 200 tokens", "ended by a stop string or the end of the call"))
+    [text] = [
+        e.text
+        for e in browser.find_elements(By.CSS_SELECTOR, "[data-testid='stExpander'] [data-testid='stText']")
+    ]
+    assert text.startswith("Operator: Good day, and welcome to the Acme Corp Fourth Quarter 2024")
+    assert len(text) > len("Operator: Good day, and welcome to the Acme Corp Fourth Quarter 2024 Earnings")
+    path = Path(os.environ.get("FINGPT_SCREENSHOT") or tmp_path / "fingpt-ui.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(path))
+    print(f"screenshot: {path}")
+
+
+def test_the_stop_button_ends_a_long_generation(slow_server, streamlit_page, browser):
+    browser.get(streamlit_page(slow_server.url))
+    wait_for_text(browser, "Ready: serving tiny")
+    field = WebDriverWait(browser, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "input[aria-label='Max tokens']")
+    )[0]
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys("500000", Keys.ENTER)
+    button(browser, "Generate").click()
+    WebDriverWait(browser, 60).until(lambda d: live_text(d).startswith("Operator: Good day"))
+    button(browser, "Stop").click()
+    WebDriverWait(browser, 60).until(lambda d: any(t.endswith("stopped") for t in history_titles(d)))
+    assert (
+        "Stopped generation #1: its text so far is kept below."
+        in browser.find_element(By.TAG_NAME, "body").text
+    )
+    assert not browser.find_elements(By.XPATH, "//button[normalize-space(.)='Stop']")
+    WebDriverWait(browser, 30).until(lambda _: not slow_server.engine.owners)  # the server dropped it
