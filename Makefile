@@ -7,6 +7,10 @@ TORCH_PIN := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu
 # The corpora: ../shared/data beside a development checkout, else data/ (see README, Data).
 FINGPT_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(CURDIR)/data)
 export FINGPT_DATA_DIR
+# The demo trains on the local corpora when they are there, else on calls streamed from the Hub.
+DEMO_DATA ?= $(if $(wildcard $(FINGPT_DATA_DIR)/ectsum/train.parquet),all,hf_sp500)
+API_PORT ?= 8000
+UI_PORT ?= 8501
 
 .PHONY: install test lint format demo clean
 
@@ -24,8 +28,20 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The main job: prepare, train experiment=cpu_demo and export (once; RETRAIN=1 trains again),
+# then serve the model and open the page. Ctrl-C stops both.
 demo: install
-	$(BIN)/fingpt-prepare data=all
+	@if [ -n "$(RETRAIN)" ] || [ ! -e models/latest/card.json ]; then \
+		$(BIN)/python train.py experiment=cpu_demo data=$(DEMO_DATA); \
+	else \
+		echo "Using the trained models/latest (make demo RETRAIN=1 trains a new one)."; \
+	fi
+	@$(BIN)/fingpt-serve --model models/latest --port $(API_PORT) & server=$$!; \
+	FINGPT_API_URL=http://127.0.0.1:$(API_PORT) $(BIN)/streamlit run ui/app.py --server.port $(UI_PORT) \
+		--server.headless true --browser.gatherUsageStats false & page=$$!; \
+	trap 'kill $$server $$page 2>/dev/null; wait; echo; echo "fingpt demo stopped."; exit 0' INT TERM; \
+	sleep 3; echo; echo "fingpt is up: open http://127.0.0.1:$(UI_PORT)  (API: http://127.0.0.1:$(API_PORT)/docs)  Ctrl-C stops both."; \
+	wait
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -30,17 +30,20 @@ from fingpt.tokenizer import BPETokenizer
 PROMPT = "Operator: Good afternoon, and welcome to the fourth quarter earnings conference call."
 
 
-def tokens_per_second(fn, tokens: int, repeats: int = 3) -> float:
-    fn()  # warm up
-    best = float("inf")
+def side_by_side(a, b, tokens: int, repeats: int = 3) -> tuple[float, float]:
+    """Best tokens/s of two generators, run alternately so both see the same machine."""
+    a(), b()  # warm up
+    best = [float("inf"), float("inf")]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return tokens / best
+        for i, fn in enumerate((a, b)):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return tokens / best[0], tokens / best[1]
 
 
 def vs_transformers(model: GPT, tokenizer, prompt: list[int], tokens: int) -> tuple[float, float]:
+    """Both in the model's dtype, greedy, exactly `tokens` new tokens."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     c = model.config
@@ -49,10 +52,9 @@ def vs_transformers(model: GPT, tokenizer, prompt: list[int], tokens: int) -> tu
             vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
             n_head=c.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         )
-    ).eval()  # fmt: skip
+    ).eval().to(model.wte.weight.dtype)  # fmt: skip
     ids = torch.tensor([prompt])
     greedy = SamplingParams(max_new_tokens=tokens, temperature=0.0, ignore_eos=True)
-    ours = tokens_per_second(lambda: generate(model, tokenizer, [prompt], greedy), tokens)
 
     def hf_generate():
         with torch.inference_mode():
@@ -62,13 +64,12 @@ def vs_transformers(model: GPT, tokenizer, prompt: list[int], tokens: int) -> tu
             )  # fmt: skip
         assert out.shape[1] == len(prompt) + tokens
 
-    return ours, tokens_per_second(hf_generate, tokens)
+    return side_by_side(lambda: generate(model, tokenizer, [prompt], greedy), hf_generate, tokens)
 
 
 def vs_recompute(model: GPT, tokenizer, context: int, tokens: int) -> tuple[float, float]:
     prompt = torch.randint(0, model.config.vocab_size, (context,)).tolist()
     greedy = SamplingParams(max_new_tokens=tokens, temperature=0.0, ignore_eos=True)
-    cached = tokens_per_second(lambda: generate(model, tokenizer, [prompt], greedy), tokens, repeats=2)
 
     @torch.inference_mode()
     def recompute():
@@ -77,7 +78,7 @@ def vs_recompute(model: GPT, tokenizer, context: int, tokens: int) -> tuple[floa
             logits, _ = model(ids[:, -model.config.block_size :])
             ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
 
-    return cached, tokens_per_second(recompute, tokens, repeats=2)
+    return side_by_side(lambda: generate(model, tokenizer, [prompt], greedy), recompute, tokens, repeats=2)
 
 
 def concurrency(
@@ -121,6 +122,7 @@ def main() -> None:
     parser.add_argument("--n-layer", type=int, default=6)
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--tokens", type=int, default=128, help="tokens generated per request")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both models'")
     args = parser.parse_args()
 
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "sp500_sample" / "input.txt"
@@ -131,8 +133,11 @@ def main() -> None:
         vocab_size=tokenizer.vocab_size, block_size=1024, n_embd=args.n_embd, n_head=args.n_head,
         n_layer=args.n_layer, dropout=0.0,
     )  # fmt: skip
-    model = GPT(config).eval()
-    size = f"{args.n_embd}/{args.n_head}/{args.n_layer}, vocab {config.vocab_size}, context 1024"
+    dtype = getattr(torch, args.dtype)
+    model = GPT(config).eval().to(dtype)
+    size = (
+        f"{args.n_embd}/{args.n_head}/{args.n_layer}, vocab {config.vocab_size}, context 1024, {args.dtype}"
+    )
     print(f"model {size}, {model.num_parameters() / 1e6:.1f}M parameters, {torch.get_num_threads()} threads")
 
     ours, hf = vs_transformers(model, tokenizer, tokenizer.encode(PROMPT), args.tokens)

@@ -61,7 +61,14 @@ def sample(
     """
     logits = logits.float()
     greedy = temperature == 0
+    if greedy.all():
+        return logits.argmax(dim=-1)
     scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
+    if ((top_k == 0) & (top_p >= 1)).all():  # nothing to cut: no need to sort the vocabulary
+        cdf = F.softmax(scaled, dim=-1).cumsum(dim=-1)
+        choice = torch.searchsorted(cdf, (uniform.to(cdf.device) * cdf[:, -1])[:, None], right=True)
+        sampled = choice.clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
+        return torch.where(greedy, logits.argmax(dim=-1), sampled)
     probs, order = torch.sort(F.softmax(scaled, dim=-1), dim=-1, descending=True)
     rank = torch.arange(probs.shape[-1], device=probs.device)
     keep = (top_k[:, None] == 0) | (rank[None, :] < top_k[:, None])

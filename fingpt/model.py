@@ -101,7 +101,12 @@ class CausalSelfAttention(nn.Module):
             k_cache, v_cache, rows, slots, mask = cached
             k_cache[rows[:, None], :, slots] = k.transpose(1, 2)
             v_cache[rows[:, None], :, slots] = v.transpose(1, 2)
-            y = F.scaled_dot_product_attention(q, k_cache[rows], v_cache[rows], attn_mask=mask)
+            if mask is None:  # a fresh prefill: the new tokens are the whole context
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                used = mask.shape[-1]
+                keys, values = k_cache[rows, :, :used], v_cache[rows, :, :used]
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -195,9 +200,12 @@ class GPT(nn.Module):
         """Append idx (R, T) to the contexts of cache rows `rows`; return logits (R, T, V)."""
         T = idx.shape[1]
         slots = cache.lengths[rows, None] + torch.arange(T, device=idx.device)  # (R, T)
-        # a query at slot s sees the row's slots 0..s: the cache is causal per row
-        all_slots = torch.arange(self.config.block_size, device=idx.device)
-        mask = (all_slots[None, None, :] <= slots[:, :, None]).unsqueeze(1)  # (R, 1, T, S)
+        # a query at slot s sees the row's slots 0..s: the cache is causal per row. Attention
+        # reads only the slots in use by some row, not the whole block
+        used = torch.arange(int(slots.max()) + 1, device=idx.device)
+        mask = (used[None, None, :] <= slots[:, :, None]).unsqueeze(1)  # (R, 1, T, S)
+        if T > 1 and not cache.lengths[rows].any():
+            mask = None  # every row starts empty: plain causal attention, the fast kernels
         x = self.drop(self.wte(idx) + self.wpe(slots))
         for i, block in enumerate(self.blocks):
             x = block(x, (cache.k[i], cache.v[i], rows, slots, mask))

@@ -48,6 +48,7 @@ log = logging.getLogger("fingpt.serve")
 class Settings:
     model: str
     device: str = "auto"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, else the bundle's own dtype
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     max_batch_size: int = 16
@@ -131,7 +132,10 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             model = loaded or load_model(settings.model, device=device)
-            model.model.to(device)
+            dtype = settings.dtype
+            if dtype == "auto":
+                dtype = "bfloat16" if device.startswith("cuda") else str(model.model.wte.weight.dtype)[6:]
+            model.model.to(device=device, dtype=getattr(torch, dtype))
             engine = Engine(model, settings.max_batch_size, settings.max_queue, metrics)
             engine.start()
             state["loaded"], state["engine"] = model, engine
@@ -474,6 +478,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights and cache; auto: bfloat16 on CUDA, else the bundle's (bfloat16 is ~2-4x faster "
+        "on CPUs with AVX512-BF16 or AMX)",
+    )
     parser.add_argument("--api-key", default=os.environ.get("FINGPT_API_KEY"), help="or FINGPT_API_KEY")
     parser.add_argument("--cors-origin", action="append", default=[], help="an origin allowed by CORS")
     parser.add_argument("--max-batch-size", type=int, default=16)
@@ -488,6 +499,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(
         model=args.model,
         device=args.device,
+        dtype=args.dtype,
         api_key=args.api_key or None,
         cors_origins=args.cors_origin,
         max_batch_size=args.max_batch_size,

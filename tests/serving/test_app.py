@@ -181,3 +181,17 @@ def test_the_api_key_is_enforced_except_for_health(bundle):
         assert c.get("/v1/models").status_code == 401
         right = c.post("/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer s3cret"})
         assert right.status_code == 200
+
+
+def test_the_server_can_decode_in_bfloat16(bundle):
+    from fastapi.testclient import TestClient
+
+    from serving.app import Settings, create_app
+    from tests.serving.conftest import wait_healthy
+
+    with TestClient(create_app(Settings(model=str(bundle), device="cpu", dtype="bfloat16"))) as c:
+        wait_healthy(c.get)
+        assert c.app.state.fingpt["loaded"].model.wte.weight.dtype.is_floating_point
+        assert str(c.app.state.fingpt["loaded"].model.wte.weight.dtype) == "torch.bfloat16"
+        body = complete(c, seed=1, max_tokens=8).json()
+        assert body["choices"][0]["finish_reason"] in ("stop", "length")
