@@ -12,7 +12,7 @@ DEMO_DATA ?= $(if $(wildcard $(FINGPT_DATA_DIR)/ectsum/train.parquet),all,hf_sp5
 API_PORT ?= 8000
 UI_PORT ?= 8501
 
-.PHONY: install test lint format demo clean
+.PHONY: install test lint format demo ui ui-check chromium clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,19 @@ demo: install
 	trap 'kill $$server $$page 2>/dev/null; wait; echo; echo "fingpt demo stopped."; exit 0' INT TERM; \
 	sleep 3; echo; echo "fingpt is up: open http://127.0.0.1:$(UI_PORT)  (API: http://127.0.0.1:$(API_PORT)/docs)  Ctrl-C stops both."; \
 	wait
+
+# The page alone, against a server already running (fingpt-serve).
+ui: install
+	$(BIN)/fingpt-ui --server.port $(UI_PORT)
+
+# The page in a real headless Chromium: generates once, saves ui-screenshot.png to look at.
+ui-check: install chromium
+	FINGPT_SCREENSHOT=$(CURDIR)/ui-screenshot.png $(BIN)/pytest -q -s tests/ui/test_browser.py
+
+# Debian's Chromium and its driver, for the browser test (skipped when they are absent).
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
 
 format: install
 	$(BIN)/ruff check --fix .

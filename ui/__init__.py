@@ -14,7 +14,3 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call([sys.executable, "-m", "streamlit", "run", str(APP), *args])
     except KeyboardInterrupt:  # Ctrl-C reaches streamlit too, which shuts down on its own
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,6 +6,7 @@ It talks to a fingpt server over HTTP only: FINGPT_API_URL (default http://127.0
 FINGPT_API_KEY fill the sidebar. Start a server with `fingpt-serve --model models/latest`.
 """
 
+import html
 import os
 import random
 import sys
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run ui/app.py` adds only ui/
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # `streamlit run ui/app.py` puts only ui/ on the path
+    sys.path.insert(0, ROOT)
 from ui.client import DEFAULT_URL, Client, ServerError  # noqa: E402
 
 OPENINGS = {
@@ -35,7 +38,6 @@ OPENINGS = {
     ),
 }
 FREE_TEXT = "Free text"
-DEFAULT_CAP = 2048  # the server's default cap on max_tokens, until /v1/models says otherwise
 FINISH = {
     "stop": "ended by a stop string or the end of the call",
     "length": "reached max tokens",
@@ -77,6 +79,14 @@ def init_state() -> None:
         s.setdefault(key, value)
     if "prompt" not in s:
         s.prompt = opening_text(s)
+
+
+def call_html(prompt: str, text: str) -> str:
+    """The prompt dimmed, then the model's text, exactly as written (Markdown would eat the $ of calls)."""
+    return (
+        '<div style="white-space: pre-wrap">'
+        f'<span style="opacity: 0.6">{html.escape(prompt)}</span>{html.escape(text)}</div>'
+    )
 
 
 def show(error: ServerError) -> None:
@@ -129,7 +139,7 @@ def model_card(model: dict) -> None:
     if data:
         lines.append(f"- data: `{data.get('name')}`")
         for split, sizes in (data.get("splits") or {}).items():
-            lines.append(f"    - {split}: {sizes['calls']:,} calls, {sizes['tokens']:,} tokens")
+            lines.append(f"    - {split}: {sizes.get('calls', 0):,} calls, {sizes.get('tokens', 0):,} tokens")
     if card.get("dtype"):
         lines.append(f"- weights: {card['dtype']}, exported {card.get('created', '?')}")
     lines.append(f"- server cap: {model['max_tokens']:,} tokens per request")
@@ -151,8 +161,9 @@ def prompt_box(context: int | None) -> None:
         )
 
 
-def controls(cap: int) -> None:
-    if st.session_state.max_tokens > cap:  # a server with a lower cap than the last one
+def controls(cap: int | None) -> None:
+    """The sampling settings; max tokens bounded by the server's cap once it is known."""
+    if cap and st.session_state.max_tokens > cap:  # a server with a lower cap than the last one
         st.session_state.max_tokens = cap
     left, middle, right = st.columns(3)
     left.number_input("Max tokens", min_value=1, max_value=cap, step=1, key="max_tokens")
@@ -189,12 +200,12 @@ def settings(context: int | None) -> dict:
     return chosen
 
 
-def mark_interrupted() -> None:
-    """A generation still running when a new run starts was cut off by Stop (or another click)."""
-    for entry in st.session_state.history:
-        if entry["finish"] == "running":
-            entry["finish"] = "stopped"
-            st.info(f"Stopped generation #{entry['n']}: its text so far is kept below.")
+def mark_interrupted() -> list[int]:
+    """Generations still running when a new run starts were cut off by Stop (or another click)."""
+    stopped = [entry for entry in st.session_state.history if entry["finish"] == "running"]
+    for entry in stopped:
+        entry["finish"] = "stopped"
+    return [entry["n"] for entry in stopped]
 
 
 def generate(client: Client, model: dict | None, chosen: dict) -> None:
@@ -214,10 +225,10 @@ def generate(client: Client, model: dict | None, chosen: dict) -> None:
     }
     s.history.append(entry)
     stop = st.empty()
-    stop.button("Stop", key="stop_generation")
-    with st.container(border=True):
-        out = st.empty()
-        out.caption("Waiting for the first tokens...")
+    stop.button("Stop generating", key="stop_generation")
+    live = st.empty()
+    out = live.container(border=True).empty()
+    out.caption("Waiting for the first tokens...")
     try:
         with closing(client.complete({"prompt": entry["prompt"], **chosen})) as chunks:
             for chunk in chunks:
@@ -225,14 +236,14 @@ def generate(client: Client, model: dict | None, chosen: dict) -> None:
                 entry["finish"] = chunk.finish_reason or entry["finish"]
                 entry["tokens"] = chunk.tokens or entry["tokens"]
                 if chunk.text:
-                    out.text(entry["prompt"] + entry["text"])
+                    out.html(call_html(entry["prompt"], entry["text"]))
     except ServerError as e:
         entry["finish"], entry["error"] = "error", e.message
         if not entry["text"]:
             s.history.remove(entry)
         show(e)
     stop.empty()
-    out.empty()
+    live.empty()
 
 
 def describe(chosen: dict) -> str:
@@ -252,7 +263,7 @@ def history() -> None:
         tokens = f", {entry['tokens']} tokens" if entry["tokens"] is not None else ""
         title = f"#{entry['n']} at {entry['time']}: {FINISH.get(entry['finish'], entry['finish'])}{tokens}"
         with st.expander(title, expanded=i == 0):
-            st.text(entry["prompt"] + entry["text"])
+            st.html(call_html(entry["prompt"], entry["text"]))
             st.caption(f"`{entry['model']}` · {describe(entry['settings'])}")
             if entry["error"]:
                 st.caption(entry["error"])
@@ -272,15 +283,17 @@ def history() -> None:
 def main() -> None:
     st.set_page_config(page_title="fingpt", page_icon="📈")
     init_state()
-    mark_interrupted()
+    stopped = mark_interrupted()
     client, model = sidebar()
     context = model["context_length"] if model else None
     st.title("fingpt")
     st.caption("A GPT trained from scratch on S&P 500 earnings calls. Start a call; it writes the rest.")
     prompt_box(context)
-    controls(model["max_tokens"] if model else DEFAULT_CAP)
+    controls(model["max_tokens"] if model else None)
     if st.button("Generate", type="primary", key="generate"):
         generate(client, model, settings(context))
+    for n in stopped:
+        st.info(f"Stopped generation #{n}: its text so far is kept below.")
     history()
 
 

@@ -7,6 +7,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from serving.schemas import Limits
+
 PROMPT = "Operator: Good afternoon, and welcome to the"
 
 
@@ -57,8 +59,8 @@ def test_32_concurrent_requests_are_batched_and_seeded_text_is_the_same_alone(li
 
 
 def test_a_client_that_disconnects_frees_its_row(live_server):
-    with live_server() as server:
-        body = {"prompt": PROMPT, "max_tokens": 2000, "stream": True, "ignore_eos": True}
+    with live_server(limits=Limits(max_tokens=10**6)) as server:
+        body = {"prompt": PROMPT, "max_tokens": 10**6, "stream": True, "ignore_eos": True}  # endless
         with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
             lines = response.iter_lines()
             assert next(lines).startswith("data: ")
@@ -70,13 +72,14 @@ def test_a_client_that_disconnects_frees_its_row(live_server):
 
 
 def test_a_full_queue_answers_429(live_server):
-    with live_server(max_batch_size=1, max_queue=1) as server:
-        long = {"prompt": PROMPT, "max_tokens": 2000, "stream": True, "ignore_eos": True}
+    with live_server(max_batch_size=1, max_queue=1, limits=Limits(max_tokens=10**6)) as server:
+        long = {"prompt": PROMPT, "max_tokens": 10**6, "stream": True, "ignore_eos": True}  # endless
 
         async def flood():
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
                 async with client.stream("POST", "/v1/completions", json=long) as busy:  # takes the row
-                    await busy.aiter_lines().__anext__()
+                    lines = busy.aiter_lines()  # held: a dropped iterator closes the stream
+                    await lines.__anext__()
                     waiting = asyncio.create_task(
                         client.post("/v1/completions", json={"prompt": "x", "max_tokens": 5})
                     )

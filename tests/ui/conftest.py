@@ -9,16 +9,15 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import serving.app
-from serving.app import Settings, create_app
+from serving.app import BackgroundServer, Settings, create_app
 from serving.schemas import Limits
-from tests.serving.conftest import LiveServer
 
 APP = Path(__file__).resolve().parents[2] / "ui" / "app.py"
 KEY = "s3same"
 
 
-def serve(bundle, **settings) -> LiveServer:
-    return LiveServer(create_app(Settings(model=str(bundle), device="cpu", **settings)))
+def serve(bundle, **settings) -> BackgroundServer:
+    return BackgroundServer(create_app(Settings(model=str(bundle), device="cpu", **settings)))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +49,7 @@ def capped_server(bundle):
 @contextmanager
 def unready(app):
     """A live server that may not be healthy: it is up, whatever its model does."""
-    live = LiveServer(app)
+    live = BackgroundServer(app)
     live.thread.start()
     deadline = time.time() + 30
     while not live.server.started and time.time() < deadline:

@@ -5,6 +5,7 @@ FINGPT_SCREENSHOT=path.png keeps the screenshot there.
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def slow_server(bundle):
 
 
 @pytest.fixture(scope="module")
-def streamlit_page(bundle, server, slow_server, tmp_path_factory):
+def streamlit_page(tmp_path_factory):
     """open(api_url): the URL of `streamlit run ui/app.py` with FINGPT_API_URL=api_url."""
     processes = []
 
@@ -94,7 +95,7 @@ def browser(tmp_path):
 
 def button(driver, label: str):
     """The button of that label, once the page shows it."""
-    path = f"//button[normalize-space(.)='{label}']"
+    path = f"//*[@data-testid='stButton']//button[normalize-space(.)='{label}']"
     return WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.XPATH, path))[0]
 
 
@@ -104,7 +105,7 @@ def wait_for_text(driver, text: str, timeout: float = 60) -> None:
 
 def live_text(driver) -> str:
     """The text streaming in, outside the history."""
-    texts = driver.find_elements(By.CSS_SELECTOR, "[data-testid='stText']")
+    texts = driver.find_elements(By.CSS_SELECTOR, "[data-testid='stHtml']")
     return next((e.text for e in texts if not e.find_elements(By.XPATH, "ancestor::details")), "")
 
 
@@ -114,19 +115,22 @@ def history_titles(driver) -> list[str]:
 
 
 def test_generate_in_a_real_browser_and_take_a_screenshot(server, streamlit_page, browser, tmp_path):
+    card = httpx.get(f"{server.url}/v1/models").json()["data"][0]["card"]
     browser.get(streamlit_page(server.url))
     wait_for_text(browser, "Ready: serving tiny")
-    assert "1,237,056 parameters" in browser.find_element(By.TAG_NAME, "body").text
+    wait_for_text(browser, f"{card['parameters']:,} parameters")
+    prompt = browser.find_element(By.CSS_SELECTOR, "textarea[aria-label='Prompt']").get_attribute("value")
+    assert prompt.startswith("Operator: Good day, and welcome to the Acme Corp Fourth Quarter 2024 Earnings")
     button(browser, "Generate").click()
-    WebDriverWait(browser, 60).until(lambda d: any(t.startswith("#1 at ") for t in history_titles(d)))
+    WebDriverWait(browser, 60).until(lambda d: history_titles(d))
     [title] = history_titles(browser)
-    assert title.endswith(("reached max tokens, 200 tokens", "ended by a stop string or the end of the call"))
+    ended = "(reached max tokens, 200|ended by a stop string or the end of the call, [0-9]+) tokens"
+    assert re.fullmatch(rf"#1 at [0-9:]{{8}}: {ended}", title)
     [text] = [
         e.text
-        for e in browser.find_elements(By.CSS_SELECTOR, "[data-testid='stExpander'] [data-testid='stText']")
+        for e in browser.find_elements(By.CSS_SELECTOR, "[data-testid='stExpander'] [data-testid='stHtml']")
     ]
-    assert text.startswith("Operator: Good day, and welcome to the Acme Corp Fourth Quarter 2024")
-    assert len(text) > len("Operator: Good day, and welcome to the Acme Corp Fourth Quarter 2024 Earnings")
+    assert text.startswith(prompt) and len(text) > len(prompt)
     path = Path(os.environ.get("FINGPT_SCREENSHOT") or tmp_path / "fingpt-ui.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(path))
@@ -143,11 +147,11 @@ def test_the_stop_button_ends_a_long_generation(slow_server, streamlit_page, bro
     field.send_keys("500000", Keys.ENTER)
     button(browser, "Generate").click()
     WebDriverWait(browser, 60).until(lambda d: live_text(d).startswith("Operator: Good day"))
-    button(browser, "Stop").click()
+    button(browser, "Stop generating").click()
     WebDriverWait(browser, 60).until(lambda d: any(t.endswith("stopped") for t in history_titles(d)))
     assert (
         "Stopped generation #1: its text so far is kept below."
         in browser.find_element(By.TAG_NAME, "body").text
     )
-    assert not browser.find_elements(By.XPATH, "//button[normalize-space(.)='Stop']")
+    assert not browser.find_elements(By.XPATH, "//button[normalize-space(.)='Stop generating']")
     WebDriverWait(browser, 30).until(lambda _: not slow_server.engine.owners)  # the server dropped it
