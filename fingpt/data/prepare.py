@@ -1,0 +1,253 @@
+"""Prepare a corpus: split calls, train the tokenizer on the training split, write token shards.
+
+    python -m fingpt.data.prepare data=ectsum            (or: fingpt-prepare data=ectsum)
+
+The output is a folder keyed by the fingerprint of (sources, splits, tokenizer config):
+`tokenizer.json`, `<split>_<n>.bin` token shards and `manifest.json`. A second run with the
+same config finds it and returns at once. It is written to a temporary folder renamed at the
+end, so a crash never leaves a folder that a later run trusts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from fingpt.config import CONF_DIR
+from fingpt.data.sources import DataError, Document
+from fingpt.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+FORMAT_VERSION = 1
+ENCODE_BATCH = 64  # calls per encode_batch call: the Rust tokenizer spreads a batch over cores
+
+
+def split_of(doc_id: str, val_fraction: float, test_fraction: float) -> str:
+    """A call's split, from the hash of its id alone: stable across runs and machines."""
+    u = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2**64
+    if u < val_fraction:
+        return "validation"
+    return "test" if u < val_fraction + test_fraction else "train"
+
+
+def _instantiate_source(cfg: DictConfig):
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg)
+    except InstantiationException as e:  # show the user's error, not Hydra's wrapping of it
+        if isinstance(e.__cause__, DataError):
+            raise e.__cause__ from None
+        raise
+
+
+class Corpus:
+    """The calls of every source of a data config, each with its split, duplicates dropped."""
+
+    def __init__(self, data: DictConfig) -> None:
+        if not data.get("sources"):
+            raise DataError(f"data config {data.get('name')!r} lists no sources: add one under data.sources")
+        self.name = data.name
+        self.val_fraction = float(data.get("val_fraction", 0.1))
+        self.test_fraction = float(data.get("test_fraction", 0.0))
+        if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
+            raise DataError(
+                f"data.val_fraction ({self.val_fraction}) and data.test_fraction ({self.test_fraction}) "
+                "must be >= 0 and leave some calls for training"
+            )
+        self.sources = {name: _instantiate_source(cfg) for name, cfg in data.sources.items()}
+        self.duplicates = 0
+
+    def fingerprint(self) -> dict:
+        return {name: source.fingerprint() for name, source in self.sources.items()}
+
+    def __iter__(self) -> Iterator[tuple[str, Document]]:
+        seen: set[bytes] = set()
+        self.duplicates = 0
+        for source in self.sources.values():
+            for doc in source:
+                digest = hashlib.sha1(doc.text.encode()).digest()
+                if digest in seen or not doc.text.strip():
+                    self.duplicates += digest in seen
+                    continue
+                seen.add(digest)
+                split = source.split or split_of(doc.id, self.val_fraction, self.test_fraction)
+                if split not in SPLITS:
+                    raise DataError(f"source split {split!r} is not one of {SPLITS}")
+                yield split, doc
+
+    def texts(self, split: str) -> Iterator[str]:
+        return (doc.text for s, doc in self if s == split)
+
+
+class ShardWriter:
+    """Appends tokens of one split to `<split>_000.bin`, `<split>_001.bin`, ..."""
+
+    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
+        self.folder, self.split, self.dtype, self.shard_tokens = folder, split, dtype, shard_tokens
+        self.shards: list[dict] = []
+        self.file = None
+        self.calls = self.tokens = self.bytes = 0
+
+    def write(self, ids: list[int], text_bytes: int) -> None:
+        array = np.asarray(ids, dtype=self.dtype)
+        while len(array):
+            if self.file is None or self.shards[-1]["tokens"] == self.shard_tokens:
+                self._next_shard()
+            room = self.shard_tokens - self.shards[-1]["tokens"]
+            self.file.write(array[:room].tobytes())
+            self.shards[-1]["tokens"] += len(array[:room])
+            array = array[room:]
+        self.calls += 1
+        self.tokens += len(ids)
+        self.bytes += text_bytes
+
+    def _next_shard(self) -> None:
+        self.close()
+        name = f"{self.split}_{len(self.shards):03d}.bin"
+        self.shards.append({"file": name, "tokens": 0})
+        self.file = (self.folder / name).open("wb")
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def summary(self) -> dict:
+        return {"calls": self.calls, "tokens": self.tokens, "bytes": self.bytes, "shards": self.shards}
+
+
+def _build_tokenizer(tokenizer_cfg: DictConfig, corpus: Corpus) -> Tokenizer:
+    """Load the given tokenizer file, or train one on the training split only."""
+    from hydra.utils import instantiate
+
+    if tokenizer_cfg.get("path"):
+        return load_tokenizer(tokenizer_cfg.path)
+    train = instantiate({k: v for k, v in tokenizer_cfg.items() if k != "path"}, _partial_=True)
+    return train(corpus.texts("train"))
+
+
+def fingerprint(data: DictConfig, tokenizer_cfg: DictConfig, corpus: Corpus) -> str:
+    key = {
+        "version": FORMAT_VERSION,
+        "sources": corpus.fingerprint(),
+        "splits": [corpus.val_fraction, corpus.test_fraction],
+        "source_config": OmegaConf.to_container(data.sources, resolve=True),
+        "tokenizer": OmegaConf.to_container(tokenizer_cfg, resolve=True),
+        "tokenizer_file": load_tokenizer(tokenizer_cfg.path).hash if tokenizer_cfg.get("path") else None,
+        "shard_tokens": data.get("shard_tokens"),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare(data: DictConfig, tokenizer_cfg: DictConfig, cache_dir: str | Path) -> Path:
+    """Return the prepared folder of this config, preparing it first unless it is cached."""
+    corpus = Corpus(data)
+    key = fingerprint(data, tokenizer_cfg, corpus)
+    out = Path(cache_dir) / f"{data.name}-{key}"
+    if (out / "manifest.json").is_file():
+        log.info("reusing prepared data %s", out)
+        return out
+
+    start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        tokenizer = _build_tokenizer(tokenizer_cfg, corpus)
+        tokenizer.save(tmp / "tokenizer.json")
+        dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+        shard_tokens = int(data.get("shard_tokens") or 2**30)
+        writers = {s: ShardWriter(tmp, s, dtype, shard_tokens) for s in SPLITS}
+        _encode(corpus, tokenizer, writers)
+        for writer in writers.values():
+            writer.close()
+        splits = {s: w.summary() for s, w in writers.items() if w.calls}
+        for required in ("train", "validation"):
+            if required not in splits:
+                raise DataError(
+                    f"the {required} split of data {data.name!r} is empty: raise data.val_fraction "
+                    f"(now {corpus.val_fraction}) or add a source with split: {required}"
+                )
+        manifest = {
+            "version": FORMAT_VERSION,
+            "name": data.name,
+            "fingerprint": key,
+            "source_fingerprint": corpus.fingerprint(),
+            "tokenizer": "tokenizer.json",
+            "tokenizer_hash": tokenizer.hash,
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+            "dtype": np.dtype(dtype).name,
+            "splits": splits,
+            "duplicates_dropped": corpus.duplicates,
+            "unknown_characters": dict(getattr(tokenizer, "unknown", {})),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        try:
+            tmp.rename(out)
+        except OSError:  # another process prepared the same folder meanwhile: theirs is as good
+            if not (out / "manifest.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    mb = sum(s["bytes"] for s in splits.values()) / 1e6
+    log.info("prepared %s in %.1f s (%.1f MB/s)", out, seconds, mb / seconds)
+    for split, s in splits.items():
+        log.info("  %-10s %6d calls %12d tokens %12d bytes", split, s["calls"], s["tokens"], s["bytes"])
+    return out
+
+
+def _encode(corpus: Corpus, tokenizer: Tokenizer, writers: dict[str, ShardWriter]) -> None:
+    from tqdm import tqdm
+
+    def flush(batch: list[tuple[str, str]]) -> None:
+        for (split, text), ids in zip(batch, tokenizer.encode_batch([t for _, t in batch]), strict=True):
+            writers[split].write([tokenizer.eot_id, *ids], len(text.encode()))
+
+    batch: list[tuple[str, str]] = []
+    for split, doc in tqdm(corpus, desc=f"encoding {corpus.name}", unit=" calls", disable=None):
+        batch.append((split, doc.text))
+        if len(batch) == ENCODE_BATCH:
+            flush(batch)
+            batch = []
+    flush(batch)
+
+
+def load_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"{folder} holds no manifest.json: it is not prepared data; run fingpt-prepare")
+    return json.loads(path.read_text())
+
+
+def main() -> None:
+    import hydra
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")
+    def run(cfg: DictConfig) -> None:
+        try:
+            print(prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir))
+        except (DataError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+import json
+
+import numpy as np
+import pytest
+
+from fingpt.data import prepare as prepare_module
+from fingpt.data.prepare import Corpus, load_manifest, prepare
+from fingpt.data.sources import DataError
+from fingpt.tokenizer import load_tokenizer
+from tests.conftest import compose
+
+
+def split_tokens(folder, split):
+    manifest = load_manifest(folder)
+    files = [folder / s["file"] for s in manifest["splits"][split]["shards"]]
+    return np.concatenate([np.fromfile(f, dtype=manifest["dtype"]) for f in files])
+
+
+def test_sample_calls_are_split_whole_and_every_byte_is_counted(prepared, sp500_calls):
+    folder = prepared("sp500_sample")
+    manifest = load_manifest(folder)
+    splits = manifest["splits"]
+    assert splits["train"]["calls"] + splits["validation"]["calls"] == 45
+    assert splits["validation"]["calls"] >= 1
+    assert manifest["dtype"] == "uint16" and manifest["vocab_size"] == 8192
+    cfg = compose("prepare", ["data=sp500_sample"])
+    by_split = {"train": [], "validation": []}
+    for split, doc in Corpus(cfg.data):
+        by_split[split].append(doc.text)
+    assert sorted(by_split["train"] + by_split["validation"]) == sorted(sp500_calls)  # each call once
+    for split, texts in by_split.items():
+        assert splits[split]["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
+        tokens = split_tokens(folder, split)
+        assert len(tokens) == splits[split]["tokens"]
+        assert (tokens == manifest["eot_id"]).sum() == len(texts)  # one <|endoftext|> per call
+
+
+def test_the_bpe_round_trips_every_sample_call(prepared, sp500_calls):
+    tokenizer = load_tokenizer(prepared("sp500_sample") / "tokenizer.json")
+    for call in sp500_calls:
+        assert tokenizer.decode(tokenizer.encode(call)) == call
+
+
+def test_ectsum_keeps_its_own_splits_and_all_pools_them(prepared):
+    ectsum = load_manifest(prepared("ectsum"))["splits"]
+    assert (ectsum["train"]["calls"], ectsum["validation"]["calls"]) == (1681, 249)
+    sample = load_manifest(prepared("sp500_sample"))["splits"]
+    pooled = load_manifest(prepared("all"))["splits"]
+    for split in ("train", "validation"):
+        assert pooled[split]["calls"] == ectsum[split]["calls"] + sample[split]["calls"]
+        assert pooled[split]["bytes"] == ectsum[split]["bytes"] + sample[split]["bytes"]
+
+
+def test_a_second_run_reuses_the_cache_without_work(prepared, monkeypatch):
+    folder = prepared("sp500_sample")
+    before = (folder / "manifest.json").stat().st_mtime_ns
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the cache was not reused")
+
+    monkeypatch.setattr(prepare_module, "_build_tokenizer", no_work)
+    cfg = compose("prepare", ["data=sp500_sample", f"paths.cache_dir={folder.parent}"])
+    assert prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir) == folder
+    assert (folder / "manifest.json").stat().st_mtime_ns == before
+
+
+def test_a_crash_while_writing_leaves_nothing_behind(tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module, "_encode", crash)
+    cfg = compose("prepare", ["data=sp500_sample", "tokenizer=char", f"paths.cache_dir={tmp_path}"])
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_char_tokenizer_gives_one_token_per_character(prepared):
+    manifest = load_manifest(prepared("sp500_sample", "char"))
+    texts = [doc.text for split, doc in Corpus(compose("prepare", ["data=sp500_sample"]).data) if split == "train"]
+    assert manifest["vocab_size"] == len(set("".join(texts))) + 2  # + unknown + end of text
+    assert manifest["splits"]["train"]["tokens"] == sum(len(t) for t in texts) + len(texts)
+
+
+def test_an_empty_corpus_names_the_file(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    cfg = compose("prepare", ["data=local", f"data.path={tmp_path / 'empty.txt'}", f"paths.cache_dir={tmp_path}/c"])
+    with pytest.raises(DataError, match="the train split of data 'local' is empty"):
+        prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_a_local_jsonl_corpus_prepares_through_the_cli(tmp_path, capsys, monkeypatch):
+    rows = [{"content": f"Operator: call {i}. Revenue was ${i}.{i} billion."} for i in range(40)]
+    path = tmp_path / "calls.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    monkeypatch.setattr(
+        "sys.argv",
+        ["fingpt-prepare", "data=local", f"data.path={path}", f"paths.cache_dir={tmp_path}/c", "tokenizer.vocab_size=300"],
+    )
+    prepare_module.main()
+    folder = capsys.readouterr().out.strip().splitlines()[-1]
+    manifest = load_manifest(folder)
+    assert manifest["splits"]["train"]["calls"] + manifest["splits"]["validation"]["calls"] == 40
+
+
+def test_the_cli_prints_a_one_line_error_for_bad_input(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["fingpt-prepare", "data=local", f"data.path={tmp_path}/missing.txt"])
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_module.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "missing.txt does not exist" in err and "\n" not in err
