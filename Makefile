@@ -38,7 +38,7 @@ demo: install
 	fi
 	@$(BIN)/fingpt-serve --model models/latest --port $(API_PORT) & server=$$!; \
 	FINGPT_API_URL=http://127.0.0.1:$(API_PORT) $(BIN)/streamlit run ui/app.py --server.port $(UI_PORT) \
-		--server.headless true --browser.gatherUsageStats false & page=$$!; \
+		--server.address 127.0.0.1 --server.headless true --browser.gatherUsageStats false & page=$$!; \
 	trap 'kill $$server $$page 2>/dev/null; wait; echo; echo "fingpt demo stopped."; exit 0' INT TERM; \
 	sleep 3; echo; echo "fingpt is up: open http://127.0.0.1:$(UI_PORT)  (API: http://127.0.0.1:$(API_PORT)/docs)  Ctrl-C stops both."; \
 	wait

@@ -125,7 +125,9 @@ class TranscriptDataModule(L.LightningDataModule):
 
     def shards(self, split: str) -> TokenShards:
         if split not in self.manifest["splits"]:
-            raise DataError(f"{self.dataset_dir} has no {split} split (it has {list(self.manifest['splits'])})")
+            raise DataError(
+                f"{self.dataset_dir} has no {split} split (it has {list(self.manifest['splits'])})"
+            )
         return TokenShards(self.dataset_dir, self.manifest["splits"][split], self.manifest["dtype"])
 
     def bytes(self, split: str) -> int:

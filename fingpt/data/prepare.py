@@ -64,7 +64,9 @@ class Corpus:
         self.name = data.name
         self.val_fraction = float(data.get("val_fraction", 0.1))
         self.test_fraction = float(data.get("test_fraction", 0.0))
-        if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
+        if not (
+            0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1
+        ):
             raise DataError(
                 f"data.val_fraction ({self.val_fraction}) and data.test_fraction ({self.test_fraction}) "
                 "must be >= 0 and leave some calls for training"

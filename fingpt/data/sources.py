@@ -172,7 +172,12 @@ class HubSource:
         split: str | None = None,
     ) -> None:
         self.path, self.hub_split, self.max_calls = path, hub_split, max_calls
-        self.text_column, self.data_files, self.revision, self.split = text_column, data_files, revision, split
+        self.text_column, self.data_files, self.revision, self.split = (
+            text_column,
+            data_files,
+            revision,
+            split,
+        )
 
     def fingerprint(self) -> str:
         files = [self.data_files] if isinstance(self.data_files, str) else self.data_files or []

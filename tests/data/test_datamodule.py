@@ -58,7 +58,9 @@ def test_two_ranks_and_two_workers_get_disjoint_windows(prepared):
     loader = iter(datamodule.train_dataloader())
     worker0, worker1 = next(loader)[0], next(loader)[0]  # batches alternate between the workers
     assert not {tuple(r) for r in worker0.tolist()} & {tuple(r) for r in worker1.tolist()}
-    single = iter(TranscriptDataModule(prepared("sp500_sample"), block_size=32, batch_size=16).train_dataloader())
+    single = iter(
+        TranscriptDataModule(prepared("sp500_sample"), block_size=32, batch_size=16).train_dataloader()
+    )
     assert torch.equal(next(single)[0], worker0) and torch.equal(next(single)[0], worker1)
 
 

@@ -77,14 +77,18 @@ def test_a_crash_while_writing_leaves_nothing_behind(tmp_path, monkeypatch):
 
 def test_char_tokenizer_gives_one_token_per_character(prepared):
     manifest = load_manifest(prepared("sp500_sample", "char"))
-    texts = [doc.text for split, doc in Corpus(compose("prepare", ["data=sp500_sample"]).data) if split == "train"]
+    texts = [
+        doc.text for split, doc in Corpus(compose("prepare", ["data=sp500_sample"]).data) if split == "train"
+    ]
     assert manifest["vocab_size"] == len(set("".join(texts))) + 2  # + unknown + end of text
     assert manifest["splits"]["train"]["tokens"] == sum(len(t) for t in texts) + len(texts)
 
 
 def test_an_empty_corpus_names_the_file(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
-    cfg = compose("prepare", ["data=local", f"data.path={tmp_path / 'empty.txt'}", f"paths.cache_dir={tmp_path}/c"])
+    cfg = compose(
+        "prepare", ["data=local", f"data.path={tmp_path / 'empty.txt'}", f"paths.cache_dir={tmp_path}/c"]
+    )
     with pytest.raises(DataError, match="the train split of data 'local' is empty"):
         prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
@@ -96,7 +100,13 @@ def test_a_local_jsonl_corpus_prepares_through_the_cli(tmp_path, capsys, monkeyp
     path.write_text("\n".join(json.dumps(r) for r in rows))
     monkeypatch.setattr(
         "sys.argv",
-        ["fingpt-prepare", "data=local", f"data.path={path}", f"paths.cache_dir={tmp_path}/c", "tokenizer.vocab_size=300"],
+        [
+            "fingpt-prepare",
+            "data=local",
+            f"data.path={path}",
+            f"paths.cache_dir={tmp_path}/c",
+            "tokenizer.vocab_size=300",
+        ],
     )
     prepare_module.main()
     folder = capsys.readouterr().out.strip().splitlines()[-1]

@@ -56,7 +56,9 @@ def test_a_missing_path_names_it_and_the_fix(tmp_path):
 def test_a_missing_text_column_lists_the_columns(tmp_path):
     path = tmp_path / "calls.parquet"
     pq.write_table(pa.table({"body": ["hello"]}), path)
-    with pytest.raises(DataError, match=r"calls\.parquet has no column 'content' \(columns: body\).*data.text_column"):
+    with pytest.raises(
+        DataError, match=r"calls\.parquet has no column 'content' \(columns: body\).*data.text_column"
+    ):
         from_path(path)
 
 
