@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--n-head", type=int, default=6)
     parser.add_argument("--n-layer", type=int, default=6)
     parser.add_argument("--block-size", type=int, default=256)
+    parser.add_argument("--dropout", type=float, default=0.0, help="0: time the kernels, not the RNG")
     args = parser.parse_args()
 
     os.environ.setdefault("FINGPT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
@@ -147,7 +148,7 @@ def main() -> None:
         batches = list(itertools.islice(data.train_dataloader(), args.steps + args.warmup))
         config = dict(
             vocab_size=manifest["vocab_size"], block_size=args.block_size, n_embd=args.n_embd,
-            n_head=args.n_head, n_layer=args.n_layer, dropout=0.0,
+            n_head=args.n_head, n_layer=args.n_layer, dropout=args.dropout,
         )  # fmt: skip
         val = manifest["splits"]["validation"]
 
@@ -181,7 +182,7 @@ def main() -> None:
         results["original attention"] = [plain_loop(original, batches, args.warmup)]
 
     best = {name: max(values) for name, values in results.items()}
-    size = f"{args.n_embd}/{args.n_head}/{args.n_layer}, block {args.block_size}"
+    size = f"{args.n_embd}/{args.n_head}/{args.n_layer}, block {args.block_size}, dropout {args.dropout}"
     threads = torch.get_num_threads()
     print(f"training tokens/s, {threads} CPU threads ({size}, batch {args.batch_size}), best of runs:")
     for name, tps in best.items():

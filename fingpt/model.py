@@ -98,9 +98,14 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
             # write the new keys/values into their slots, then attend over the row's whole cache
-            k_cache, v_cache, rows, slots, mask = cached
-            k_cache[rows[:, None], :, slots] = k.transpose(1, 2)
-            v_cache[rows[:, None], :, slots] = v.transpose(1, 2)
+            k_cache, v_cache, rows, slots, mask = cached  # rows: consecutive (a slice) or an index
+            if isinstance(rows, slice):  # work on views of the rows: no copies
+                k_cache, v_cache, rows = k_cache[rows], v_cache[rows], slice(None)
+                where = (torch.arange(B, device=x.device)[:, None], slice(None), slots)
+            else:
+                where = (rows[:, None], slice(None), slots)
+            k_cache[where] = k.transpose(1, 2)
+            v_cache[where] = v.transpose(1, 2)
             if mask is None:  # a fresh prefill: the new tokens are the whole context
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:
@@ -207,8 +212,11 @@ class GPT(nn.Module):
         if T > 1 and not cache.lengths[rows].any():
             mask = None  # every row starts empty: plain causal attention, the fast kernels
         x = self.drop(self.wte(idx) + self.wpe(slots))
+        first = int(rows[0])
+        consecutive = torch.equal(rows, torch.arange(first, first + len(rows), device=rows.device))
+        layer_rows = slice(first, first + len(rows)) if consecutive else rows
         for i, block in enumerate(self.blocks):
-            x = block(x, (cache.k[i], cache.v[i], rows, slots, mask))
+            x = block(x, (cache.k[i], cache.v[i], layer_rows, slots, mask))
         cache.tokens[rows[:, None], slots] = idx
         cache.lengths[rows] += T
         return self.lm_head(self.ln_f(x))

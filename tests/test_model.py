@@ -161,3 +161,19 @@ def test_a_tiny_model_overfits_one_batch():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.1
+
+
+@torch.no_grad()
+def test_rows_that_are_not_neighbours_decode_like_alone():
+    model = tiny()
+    cache = model.new_cache(4)
+    prompts = {0: [1, 2, 3], 2: list(range(10, 30)), 3: [7]}
+    logits = model.prefill(cache, torch.tensor([0, 2]), [prompts[0], prompts[2]])
+    logits = torch.cat([logits, model.prefill(cache, torch.tensor([3]), [prompts[3]])])
+    rows = torch.tensor([0, 2, 3])
+    for _ in range(20):
+        for i, r in enumerate(rows.tolist()):
+            full, _ = model(torch.tensor([cache.context(r)]))
+            torch.testing.assert_close(logits[i], full[0, -1], rtol=0, atol=1e-5)
+        logits = model.decode(cache, rows, torch.randint(0, 64, (3,)))
+    assert cache.lengths[1] == 0  # the row between them was never touched
