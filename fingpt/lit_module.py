@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import grad_norm
 from torchmetrics import SumMetric
 
 from fingpt.generation import SamplingParams, generate
@@ -94,8 +93,10 @@ class GPTLitModule(L.LightningModule):
             self.trainer.should_stop = True  # so the Trainer validates the final weights too
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        norms = grad_norm(self.model, norm_type=2)
-        self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+        if self.global_step % self.trainer.log_every_n_steps == 0:  # only when it is written
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            self.log("train/grad_norm", norm)  # before clipping
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
