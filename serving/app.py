@@ -84,10 +84,6 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, start, status = scope["path"], time.perf_counter(), [500]
-        too_large = APIError(413, f"request body is larger than {self.max_body} bytes", code="body_too_large")
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return await self._answer(too_large, scope, receive, send)
         received = 0
 
         async def counted_receive():
@@ -104,17 +100,16 @@ class Guard:
             await send(message)
 
         try:
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_body:
+                raise BodyTooLarge  # refused before reading a byte of it
             await self.app(scope, counted_receive, recorded_send)
         except BodyTooLarge:
-            await self._answer(too_large, scope, receive, send)
-            status[0] = 413
+            error = APIError(413, f"request body is larger than {self.max_body} bytes", code="body_too_large")
+            await error.response()(scope, receive, recorded_send)
         finally:
             self.metrics.requests.labels(path, str(status[0])).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - start)
-
-    async def _answer(self, error: APIError, scope, receive, send) -> None:
-        self.metrics.requests.labels(scope["path"], str(error.status)).inc()
-        await error.response()(scope, receive, send)
 
 
 class BodyTooLarge(Exception):
