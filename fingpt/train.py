@@ -21,6 +21,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fingpt.config import CONF_DIR
@@ -99,10 +100,14 @@ def train(cfg: DictConfig) -> float:
             "max_steps": cfg.trainer.max_steps,
             "precision": str(trainer.precision),
         }
+        final = {"hp/val_bpb": val_bpb, "hp/val_loss": float(metrics["val/loss"])}
         for logger in trainer.loggers:
-            logger.log_hyperparams(
-                hparams, {"hp/val_bpb": val_bpb, "hp/val_loss": float(metrics["val/loss"])}
-            )
+            if isinstance(logger, TensorBoardLogger):  # the HParams tab pairs them with the run
+                logger.log_hyperparams(hparams, final)
+            else:
+                logger.log_hyperparams(hparams)
+                logger.log_metrics(final, step=trainer.global_step)
+            logger.save()
         result = {
             "run": str(output_dir),
             "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],

@@ -46,6 +46,14 @@ def test_the_sweep_and_tool_configs_compose():
     assert compose("prepare", []).tokenizer.vocab_size == 8192
 
 
+@pytest.mark.parametrize(
+    ("precision", "fused"),
+    [("32-true", True), ("bf16-true", True), ("bf16-mixed", False), ("16-mixed", False)],
+)
+def test_adamw_is_fused_except_under_autocast_where_lightning_must_clip_unfused(precision, fused):
+    assert compose("train", [f"precision={precision}"]).optimizer.fused is fused
+
+
 def test_seed_char_composes_to_the_original_hyperparameters():
     cfg = compose("train", ["experiment=seed_char"])
     assert cfg.tokenizer._target_.endswith("CharTokenizer.train") and cfg.data.name == "sp500_sample"
@@ -223,3 +231,24 @@ def test_an_optuna_search_runs_its_trials_and_summarizes_them(tmp_path, cache_di
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
     assert len(rows) == 2 and all("optimizer.lr=" in r["overrides"] for r in rows)
     assert "best_value" in (sweep / "optimization_results.yaml").read_text()
+
+
+def test_the_csv_logger_gets_the_curves_and_the_final_score(tmp_path, cache_dir):
+    cfg = train_config(
+        tmp_path, cache_dir, ["logger=csv", "trainer.max_steps=4", "trainer.val_check_interval=4"]
+    )
+    val_bpb = train(cfg)
+    with open(Path(cfg.paths.output_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["train/loss"]) for r in rows if r["train/loss"]] and [r for r in rows if r["val/bpb"]]
+    (final,) = [r for r in rows if r["hp/val_bpb"]]
+    assert float(final["hp/val_bpb"]) == pytest.approx(val_bpb) and final["step"] == "4"
+    assert "model" in (Path(cfg.paths.output_dir) / "hparams.yaml").read_text()
+
+
+def test_debug_overfit_drives_the_loss_of_one_batch_to_zero(tmp_path, cache_dir):
+    cfg = train_config(tmp_path, cache_dir, ["debug=overfit", "logger=csv"])
+    train(cfg)
+    with open(Path(cfg.paths.output_dir) / "metrics.csv") as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]]
+    assert losses[0] > 8.5 and losses[-1] < 0.1  # from ln(8192) = 9.0, chance
