@@ -130,11 +130,15 @@ class GPTLitModule(L.LightningModule):
     def configure_optimizers(self):
         from hydra.utils import instantiate
 
-        matrices = [p for p in self.model.parameters() if p.dim() >= 2]
-        others = [p for p in self.model.parameters() if p.dim() < 2]  # biases, LayerNorms
+        # weight decay on the weights of Linear and Embedding layers, not on biases and LayerNorms;
+        # chosen by layer, not by shape, as FSDP has flattened the parameters it shards by now
+        layers = (torch.nn.Linear, torch.nn.Embedding)
+        matrices = {id(m.weight) for m in self.model.modules() if isinstance(m, layers)}
+        decayed = [p for p in self.model.parameters() if id(p) in matrices]
+        others = [p for p in self.model.parameters() if id(p) not in matrices]
         optimizer_cfg = dict(self.hparams.optimizer)
         groups = [
-            {"params": matrices, "weight_decay": optimizer_cfg.pop("weight_decay", 0.0)},
+            {"params": decayed, "weight_decay": optimizer_cfg.pop("weight_decay", 0.0)},
             {"params": others, "weight_decay": 0.0},
         ]
         optimizer = instantiate(optimizer_cfg, _partial_=True)(groups)

@@ -252,3 +252,36 @@ def test_debug_overfit_drives_the_loss_of_one_batch_to_zero(tmp_path, cache_dir)
     with open(Path(cfg.paths.output_dir) / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]]
     assert losses[0] > 8.5 and losses[-1] < 0.1  # from ln(8192) = 9.0, chance
+
+
+def test_weight_decay_applies_to_the_weight_matrices_only():
+    import lightning as L
+
+    from fingpt.lit_module import GPTLitModule
+
+    module = GPTLitModule(
+        model={"vocab_size": 64, "block_size": 16, "n_embd": 32, "n_head": 2, "n_layer": 2},
+        optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.1},
+        scheduler={"warmup_steps": 1, "min_lr_ratio": 0.1},
+        dataset_dir="unused",
+        tokens_per_byte=0.3,
+    )
+    module.trainer = L.Trainer(max_steps=10, logger=False)
+    decayed, others = module.configure_optimizers()["optimizer"].param_groups
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    assert (decayed["weight_decay"], others["weight_decay"]) == (0.1, 0.0)
+    assert {names[id(p)] for p in decayed["params"]} == {
+        n for n, p in module.model.named_parameters() if p.dim() == 2
+    }
+    assert "wte.weight" in names.values() and all(p.dim() == 1 for p in others["params"])
+
+
+def test_the_fsdp_trainer_wraps_each_block_and_keeps_parameter_names():
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from fingpt.model import Block
+
+    strategy = instantiate(compose("train", ["trainer=fsdp"]).trainer.strategy)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    assert isinstance(policy, ModuleWrapPolicy) and policy._module_classes == {Block}
+    assert strategy.kwargs["use_orig_params"] is True
