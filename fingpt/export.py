@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from fingpt.checkpoint import BUNDLE_FILES, load_model
+from fingpt.files import default_permissions
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -62,6 +63,7 @@ def export(source: str | Path, out: str | Path, dtype: str = "float32") -> Path:
             "sha256": {name: _sha256(tmp / name) for name in BUNDLE_FILES if name != "card.json"},
         }
         (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str))
+        default_permissions(tmp)
         if out.exists():  # swap in the new bundle, then drop the old one
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
             os.replace(out, old / out.name)

@@ -18,6 +18,8 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from fingpt.files import default_permissions
+
 EOT = "<|endoftext|>"  # separates documents
 
 
@@ -52,6 +54,7 @@ class Tokenizer:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(self.to_json())
+        default_permissions(Path(tmp))
         os.replace(tmp, path)
 
     @cached_property

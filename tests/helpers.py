@@ -41,3 +41,15 @@ class KillAt(Callback):
 def read_records(path: Path, rank: int = 0) -> list[dict]:
     file = path.with_suffix(f".rank{rank}.jsonl")
     return [json.loads(line) for line in file.read_text().splitlines()]
+
+
+def permissions(folder: Path) -> dict[str, int]:
+    """The permission bits of a folder and of everything in it, by path relative to it."""
+    return {str(p.relative_to(folder)): p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]}
+
+
+def umask_permissions(folder: Path) -> dict[str, int]:
+    """What `permissions` gives for a folder written with plain open() and mkdir()."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return {name: (0o777 if (folder / name).is_dir() else 0o666) & ~mask for name in permissions(folder)}

@@ -10,6 +10,7 @@ from fingpt import export as export_module
 from fingpt.checkpoint import load_model
 from fingpt.export import export, main
 from tests.conftest import ROOT
+from tests.helpers import permissions, umask_permissions
 
 
 def test_training_exported_its_best_checkpoint_and_pointed_latest_at_it(trained_run):
@@ -91,3 +92,8 @@ def test_loading_a_bundle_imports_neither_lightning_nor_hydra(bundle):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_bundle_is_readable_as_any_plain_file_is(bundle):
+    # not the owner-only 0600 that safetensors and tempfile give: a server may run as another user
+    assert permissions(bundle) == umask_permissions(bundle)

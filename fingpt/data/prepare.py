@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fingpt.config import CONF_DIR
 from fingpt.data.sources import DataError, Document
+from fingpt.files import default_permissions
 from fingpt.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ def prepare(data: DictConfig, tokenizer_cfg: DictConfig, cache_dir: str | Path) 
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        default_permissions(tmp)
         try:
             tmp.rename(out)
         except OSError:  # another process prepared the same folder meanwhile: theirs is as good

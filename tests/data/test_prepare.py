@@ -8,6 +8,7 @@ from fingpt.data.prepare import Corpus, load_manifest, prepare
 from fingpt.data.sources import DataError
 from fingpt.tokenizer import load_tokenizer
 from tests.conftest import compose
+from tests.helpers import permissions, umask_permissions
 
 
 def split_tokens(folder, split):
@@ -121,3 +122,8 @@ def test_the_cli_prints_a_one_line_error_for_bad_input(tmp_path, capsys, monkeyp
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "missing.txt does not exist" in err and "\n" not in err
+
+
+def test_a_prepared_folder_is_readable_as_any_plain_file_is(prepared):
+    folder = prepared("sp500_sample")
+    assert permissions(folder) == umask_permissions(folder)
