@@ -1,4 +1,5 @@
-"""After a multirun: one table of its jobs, best val/bpb first (sweep_summary.md and .csv)."""
+"""After a multirun: one table of its jobs, best val/bpb first (sweep_summary.md and .csv), and
+models/latest pointed at the best job's bundle."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from fingpt.export import point_latest
 
 COLUMNS = ("rank", "val_bpb", "val_loss", "steps", "wall_seconds", "overrides", "run")
 
@@ -43,5 +46,8 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
-            summarize(sweep_dir)
+            rows = summarize(sweep_dir)
             print((sweep_dir / "sweep_summary.md").read_text())
+            if rows and rows[0].get("bundle"):
+                point_latest(Path(rows[0]["bundle"]))
+                print(f"models/latest: {rows[0]['bundle']}, the best run of the sweep")

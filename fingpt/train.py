@@ -20,6 +20,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -118,8 +119,13 @@ def train(cfg: DictConfig) -> float:
             "best_checkpoint": best,
         }
         if cfg.export and best:
-            bundle = export(best, Path(cfg.paths.models_dir) / output_dir.name)
-            point_latest(bundle)
+            # a sweep's job folders are numbers: its bundles are <sweep>-<job>, and models/latest
+            # points at the best job once the sweep ends (fingpt.sweep), not at the last one
+            sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+            name = f"{output_dir.parent.name}-{output_dir.name}" if sweep else output_dir.name
+            bundle = export(best, Path(cfg.paths.models_dir) / name)
+            if not sweep:
+                point_latest(bundle)
             result["bundle"] = str(bundle)
         (output_dir / "result.json").write_text(json.dumps(result, indent=2))
         print(f"val/bpb {val_bpb:.4f} at step {trainer.global_step} ({best or 'final weights'})")

@@ -8,6 +8,14 @@ DATA_DIR = Path(os.environ.get("FINGPT_DATA_DIR", ROOT.parent / "shared" / "data
 SEPARATOR = "--- NEXT EARNINGS CALL ---"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_models_dir(tmp_path_factory):
+    """No test exports into the checkout's models/: make demo serves models/latest."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FINGPT_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def sp500_calls() -> list[str]:
     path = DATA_DIR / "sp500_sample" / "input.txt"

@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,11 @@ def test_a_two_job_multirun_writes_two_runs_and_a_summary(tmp_path, cache_dir):
     assert float(rows[0]["val_bpb"]) <= float(rows[1]["val_bpb"])
     assert "| rank | val/bpb |" in (sweep / "sweep_summary.md").read_text()
     assert "sweep_summary" not in proc.stderr and "| 1 |" in proc.stdout
+    # each job exported as <sweep>-<job>; models/latest is the best job's, not the last one's
+    models = Path(os.environ["FINGPT_MODELS_DIR"])
+    best = json.loads((Path(rows[0]["run"]) / "result.json").read_text())["bundle"]
+    assert {f"{sweep.name}-0", f"{sweep.name}-1"} <= {p.name for p in models.iterdir()}
+    assert (models / "latest").resolve() == Path(best).resolve()
 
 
 def test_a_killed_run_resumes_at_the_same_step_with_the_same_batches(tmp_path, cache_dir):
