@@ -63,13 +63,24 @@ def sample(
     greedy = temperature == 0
     if greedy.all():
         return logits.argmax(dim=-1)
-    scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
-    if ((top_k == 0) & (top_p >= 1)).all():  # nothing to cut: no need to sort the vocabulary
-        cdf = F.softmax(scaled, dim=-1).cumsum(dim=-1)
-        choice = torch.searchsorted(cdf, (uniform.to(cdf.device) * cdf[:, -1])[:, None], right=True)
-        sampled = choice.clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
-        return torch.where(greedy, logits.argmax(dim=-1), sampled)
-    probs, order = torch.sort(F.softmax(scaled, dim=-1), dim=-1, descending=True)
+    # shifted so the largest logit is 0: a tiny temperature then gives a one-hot, not inf - inf
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    probs = F.softmax(shifted / torch.where(greedy, 1.0, temperature)[:, None], dim=-1)
+    uniform = uniform.to(probs.device)
+    # a row with nothing to cut draws in vocabulary order, whatever the other rows need: its
+    # token must not depend on its neighbours in the batch
+    cdf = probs.cumsum(dim=-1)
+    choice = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)
+    sampled = choice.clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
+    cut = (top_k > 0) | (top_p < 1)
+    if cut.any():
+        sampled = torch.where(cut, _sample_cut(probs, top_k, top_p, uniform), sampled)
+    return torch.where(greedy, logits.argmax(dim=-1), sampled)
+
+
+def _sample_cut(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor):
+    """Draw from the most likely tokens only: the top k, then the top-p nucleus of those."""
+    probs, order = torch.sort(probs, dim=-1, descending=True)
     rank = torch.arange(probs.shape[-1], device=probs.device)
     keep = (top_k[:, None] == 0) | (rank[None, :] < top_k[:, None])
     # top-p: the smallest set of most likely tokens whose mass reaches p
@@ -78,10 +89,8 @@ def sample(
     keep[:, 0] = True
     probs = probs * keep
     cdf = probs.cumsum(dim=-1)
-    threshold = (uniform.to(cdf.device) * cdf[:, -1])[:, None]
-    choice = torch.searchsorted(cdf, threshold, right=True).clamp_(max=probs.shape[-1] - 1)
-    sampled = order.gather(-1, choice).squeeze(-1)
-    return torch.where(greedy, logits.argmax(dim=-1), sampled)
+    choice = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)
+    return order.gather(-1, choice.clamp_(max=probs.shape[-1] - 1)).squeeze(-1)
 
 
 class TextStream:

@@ -35,11 +35,12 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fingpt.checkpoint import LoadedModel, load_model
 from fingpt.generation import Step
 from serving.engine import Choice, Engine, Job, Overloaded
-from serving.schemas import APIError, CompletionRequest, GenerateRequest, Limits
+from serving.schemas import SEEDS, APIError, CompletionRequest, GenerateRequest, Limits
 
 log = logging.getLogger("fingpt.serve")
 
@@ -75,7 +76,8 @@ class Metrics:
 
 
 class Guard:
-    """ASGI middleware: refuses bodies over the limit (413) and counts requests by status."""
+    """ASGI middleware: refuses bodies over the limit (413), with or without a Content-Length,
+    and counts requests by route and status."""
 
     def __init__(self, app, max_body: int, metrics: Metrics) -> None:
         self.app, self.max_body, self.metrics = app, max_body, metrics
@@ -83,16 +85,7 @@ class Guard:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path, start, status = scope["path"], time.perf_counter(), [500]
-        received = 0
-
-        async def counted_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body:
-                raise BodyTooLarge
-            return message
+        start, status = time.perf_counter(), [500]
 
         async def recorded_send(message):
             if message["type"] == "http.response.start":
@@ -100,16 +93,43 @@ class Guard:
             await send(message)
 
         try:
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.max_body:
-                raise BodyTooLarge  # refused before reading a byte of it
-            await self.app(scope, counted_receive, recorded_send)
+            body = await self.read_body(scope, receive)
+            if body is None:
+                return  # the client left before it finished sending
+            replayed = False
+
+            async def replay():  # the body at once, then whatever comes next (a disconnect)
+                nonlocal replayed
+                if replayed:
+                    return await receive()
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await self.app(scope, replay, recorded_send)
         except BodyTooLarge:
             error = APIError(413, f"request body is larger than {self.max_body} bytes", code="body_too_large")
             await error.response()(scope, receive, recorded_send)
         finally:
-            self.metrics.requests.labels(path, str(status[0])).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+            # by route, not by raw path: unknown URLs must not each add a series
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, str(status[0])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+    async def read_body(self, scope, receive) -> bytes | None:
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body:
+            raise BodyTooLarge  # refused before reading a byte of it
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body:
+                raise BodyTooLarge
+            more = message.get("more_body", False)
+        return b"".join(chunks)
 
 
 class BodyTooLarge(Exception):
@@ -164,13 +184,19 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
-        where = [str(p) for p in first.get("loc", ()) if p != "body"]
-        message = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
-            message = "the body is not valid JSON"
-        elif where:
-            message = f"{'.'.join(where)}: {message}"
-        return APIError(400, message, param=".".join(where) or None).response()
+            return APIError(400, "the body is not valid JSON").response()
+        # ("body", "temperature", "float", ...): the field is what the client named
+        loc = first.get("loc", ())
+        param = str(loc[1]) if len(loc) > 1 and loc[0] == "body" else None
+        message = first.get("msg", "invalid request")
+        return APIError(400, f"{param}: {message}" if param else message, param=param).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """404, 405 and a body that cannot be read, in the same shape as every other error."""
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return APIError(exc.status_code, str(exc.detail), code=code).response()
 
     def authorize(request: Request) -> None:
         if settings.api_key is None:
@@ -229,8 +255,17 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
         }
 
     async def encode_prompts(body: CompletionRequest, loaded_model: LoadedModel) -> list[list[int]]:
-        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-        encoded = await run_in_threadpool(lambda: [loaded_model.tokenizer.encode(p) for p in prompts])
+        prompt, tokenizer = body.prompt, loaded_model.tokenizer
+        if isinstance(prompt, str) or isinstance(prompt[0], str):
+            texts = [prompt] if isinstance(prompt, str) else prompt
+            encoded = await run_in_threadpool(lambda: [tokenizer.encode(p) for p in texts])
+        else:  # token ids: one prompt, or a list of them
+            encoded = [list(prompt)] if isinstance(prompt[0], int) else [list(ids) for ids in prompt]
+            vocab = tokenizer.vocab_size
+            if bad := [i for ids in encoded for i in ids if not 0 <= i < vocab]:
+                raise APIError(
+                    400, f"token id {bad[0]} is outside the vocabulary [0, {vocab})", param="prompt"
+                )
         context = loaded_model.model.config.block_size
         keep = body.truncate_prompt_tokens
         for i, ids in enumerate(encoded):
@@ -249,11 +284,21 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
     async def run(http: Request, body: CompletionRequest) -> tuple[Job, list[tuple[int, str]], AsyncIterator]:
         engine, loaded_model = ready()
         prompts = await encode_prompts(body, loaded_model)
-        texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        if len(prompts) * body.n > engine.max_queue:
+            raise APIError(
+                400,
+                f"this request asks for {len(prompts) * body.n} completions (prompts x n), more than "
+                f"this server queues at once ({engine.max_queue}): split it",
+                param="prompt" if len(prompts) > 1 else "n",
+            )
+        if isinstance(body.prompt, str) or isinstance(body.prompt[0], str):
+            texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        else:  # echo shows token-id prompts as their text
+            texts = [loaded_model.tokenizer.decode(ids) for ids in prompts]
         choices, labels = [], []
         for p, ids in enumerate(prompts):
             for k in range(body.n):
-                seed = None if body.seed is None else body.seed + k
+                seed = None if body.seed is None else (body.seed + k) % SEEDS
                 choices.append(Choice(ids, body.sampling_params(seed, getattr(body, "logprobs", None))))
                 labels.append((p, texts[p]))
         job = Job(choices=choices, loop=asyncio.get_running_loop())
@@ -273,20 +318,23 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
         unfinished = len(job.choices)
         deadline = job.submitted + settings.timeout
         first = True
+        next_check = time.perf_counter() + 0.5
         try:
             while unfinished:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
+                now = time.perf_counter()
+                if now >= deadline:
                     raise APIError(
                         504,
                         f"the request took longer than {settings.timeout:.0f} s",
                         type="timeout",
                     )
-                try:
-                    index, item = await asyncio.wait_for(job.events.get(), timeout=min(remaining, 1.0))
-                except asyncio.TimeoutError:
+                if now >= next_check:  # twice a second, whether or not tokens are flowing
                     if await http.is_disconnected():
                         return
+                    next_check = now + 0.5
+                try:
+                    index, item = await asyncio.wait_for(job.events.get(), timeout=min(deadline - now, 0.5))
+                except asyncio.TimeoutError:
                     continue
                 if isinstance(item, BaseException):
                     raise APIError(

@@ -57,18 +57,31 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
+SEEDS = 2**64  # torch generators take seeds in [-2**63, 2**64)
+
+
+def unicode_text(text: str) -> str:
+    """JSON can carry lone surrogates ("\ud800"), which are not text and cannot be encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode text: a lone surrogate {text[e.start]!r} at {e.start}") from e
+    return text
+
+
 class Sampling(BaseModel):
     """Settings shared by /v1/completions and /generate."""
 
     model_config = ConfigDict(extra="ignore")  # clients send fields we do not use (user, suffix...)
 
-    prompt: StrictStr | list[StrictStr] = ""
+    # text, texts, or token ids as OpenAI allows: a list of ids, or a list of such lists
+    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]] = ""
     max_tokens: StrictInt = Field(16, ge=1)
     temperature: StrictFloat | StrictInt = Field(1.0, ge=0.0, le=2.0)
     top_p: StrictFloat | StrictInt = Field(1.0, gt=0.0, le=1.0)
-    top_k: StrictInt = Field(0, ge=0)  # 0: no top-k cut
+    top_k: StrictInt = Field(0, ge=0, le=2**31 - 1)  # 0: no top-k cut
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(None, ge=-(2**63), lt=SEEDS)
     truncate_prompt_tokens: StrictInt | None = Field(None, ge=1)  # keep only the last k tokens
     ignore_eos: StrictBool = False  # generate max_tokens even past <|endoftext|> (as vLLM)
 
@@ -80,13 +93,16 @@ class Sampling(BaseModel):
             raise ValueError(f"at most 4 stop strings, got {len(stops)}")
         if any(s == "" for s in stops):
             raise ValueError("stop strings must not be empty")
-        return stops
+        return [unicode_text(s) for s in stops]
 
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, prompt):
         if isinstance(prompt, list) and not prompt:
             raise ValueError("a list of prompts must hold at least one")
+        for text in [prompt] if isinstance(prompt, str) else prompt:
+            if isinstance(text, str):
+                unicode_text(text)
         return prompt
 
     def check(self, limits: Limits) -> None:
@@ -123,9 +139,12 @@ class CompletionRequest(Sampling):
         super().check(limits)
         if self.n > limits.max_n:
             raise APIError(400, f"n is {self.n}, above this server's cap of {limits.max_n}", param="n")
+        if self.stream_options is not None and not self.stream:
+            raise APIError(400, "stream_options is only allowed with stream: true", param="stream_options")
 
 
 class GenerateRequest(Sampling):
     """The original API: {"max_tokens": N}, now with an optional prompt and sampling fields."""
 
+    prompt: StrictStr = ""  # one text in, one generated_text out
     max_tokens: StrictInt = Field(100, ge=1)

@@ -29,6 +29,21 @@ def test_top_k_1_and_temperature_0_are_greedy():
     assert torch.equal(sample(logits, uniform=uniform, **settings(5, top_k=1)), greedy)
 
 
+def test_a_rows_token_does_not_depend_on_what_its_neighbours_cut():
+    logits, uniform = torch.randn(64, 100), torch.rand(64)
+    plain = sample(logits, uniform=uniform, **settings(64))
+    for cut in ({"top_k": 5}, {"top_p": 0.5}):
+        mixed = {name: value.clone() for name, value in settings(64).items()}
+        mixed[next(iter(cut))][1::2] = next(iter(cut.values()))  # every other row cuts
+        assert torch.equal(sample(logits, uniform=uniform, **mixed)[0::2], plain[0::2])
+
+
+def test_a_tiny_temperature_is_greedy_not_nan():
+    logits = torch.randn(8, 100) * 10
+    chosen = sample(logits, uniform=torch.rand(8), **settings(8, temperature=1e-40))
+    assert torch.equal(chosen, logits.argmax(-1))
+
+
 def test_top_k_keeps_only_the_k_most_likely_tokens():
     logits = torch.log(torch.tensor([[0.05, 0.4, 0.3, 0.15, 0.1]])).expand(200, -1)
     chosen = sample(logits, uniform=torch.linspace(0, 0.999, 200), **settings(200, top_k=3))

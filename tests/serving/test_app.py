@@ -108,6 +108,12 @@ def test_the_original_generate_endpoint(client):
         ({"stream": "yes"}, "stream", "valid boolean"),
         ({"logprobs": 6}, "logprobs", "less than or equal to 5"),
         ({"prompt": "word " * 40}, "prompt", "longer than the model's context of 32 tokens"),
+        ({"top_k": 2**63}, "top_k", "less than or equal to"),
+        ({"seed": 2**64}, "seed", "less than"),
+        ({"temperature": "hot"}, "temperature", "valid number"),
+        ({"prompt": [1, 2, 10**6]}, "prompt", "token id 1000000 is outside the vocabulary"),
+        ({"prompt": [PROMPT] * 17, "n": 4, "max_tokens": 1}, "prompt", "asks for 68 completions"),
+        ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed with stream"),
     ],
 )
 def test_bad_requests_get_400_in_the_openai_error_shape(client, body, param, message):
@@ -115,8 +121,38 @@ def test_bad_requests_get_400_in_the_openai_error_shape(client, body, param, mes
     assert response.status_code == 400
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == "invalid_request_error" and (error["param"] or "").startswith(param)
+    assert error["type"] == "invalid_request_error" and error["param"] == param
     assert message in error["message"]
+
+
+def test_lone_surrogates_in_json_strings_are_refused(client):
+    for raw, param in ((rb'{"prompt": "a\ud800b"}', "prompt"), (rb'{"stop": ["ok", "\udfff"]}', "stop")):
+        for path in ("/v1/completions", "/generate"):
+            response = client.post(path, content=raw, headers={"content-type": "application/json"})
+            assert response.status_code == 400 and response.json()["error"]["param"] == param
+            assert "lone surrogate" in response.json()["error"]["message"]
+
+
+def test_token_id_prompts_give_the_text_prompts_completion(client, bundle):
+    from fingpt.tokenizer import load_tokenizer
+
+    ids = load_tokenizer(bundle / "tokenizer.json").encode(PROMPT)
+    as_text = complete(client, seed=3, echo=True).json()["choices"][0]["text"]
+    assert complete(client, prompt=ids, seed=3, echo=True).json()["choices"][0]["text"] == as_text
+    both = complete(client, prompt=[ids, ids[:3]], seed=3).json()["choices"]
+    assert both[0]["text"] == as_text.removeprefix(PROMPT) and len(both) == 2
+
+
+def test_unknown_routes_and_methods_answer_in_the_openai_shape(client):
+    for response, status in (
+        (client.get("/v1/completions"), 405),
+        (client.post("/v1/chat/completions", json={}), 404),
+    ):
+        assert response.status_code == status
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert client.post("/generate", json={"prompt": ["a", "b"]}).json()["error"]["param"] == "prompt"
+    text = client.get("/metrics").text
+    assert 'path="unmatched"' in text and "/v1/chat/completions" not in text  # one series for all
 
 
 def test_a_long_prompt_can_keep_its_last_tokens(client):
@@ -129,7 +165,11 @@ def test_malformed_json_and_huge_bodies(client):
         "/v1/completions", content=b'{"prompt": "x",', headers={"content-type": "application/json"}
     )
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
+    assert response.json()["error"]["param"] is None
     response = client.post("/v1/completions", json={"prompt": "x" * 1_100_000})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+    chunked = (b'{"prompt": "' + b"x" * 100_000 + b'"}' if i == 11 else b" " * 100_000 for i in range(12))
+    response = client.post("/v1/completions", content=chunked, headers={"content-type": "application/json"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
     for body in ([], None, "text", {"prompt": None}, {"stop": [1]}, {"seed": 1.5}):
         assert client.post("/v1/completions", json=body).status_code == 400

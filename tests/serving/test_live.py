@@ -71,6 +71,26 @@ def test_a_client_that_disconnects_frees_its_row(live_server):
         assert not server.engine.owners and server.engine.sampler.free_rows == 16
 
 
+def test_a_client_that_leaves_a_non_streaming_request_frees_its_row(live_server):
+    import socket
+
+    with live_server(limits=Limits(max_tokens=10**6)) as server:
+        body = b'{"prompt": "Our", "max_tokens": 1000000, "ignore_eos": true}'
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            deadline = time.time() + 10
+            while not server.engine.owners and time.time() < deadline:
+                time.sleep(0.05)
+            assert server.engine.owners  # decoding, no answer yet
+        deadline = time.time() + 10
+        while server.engine.owners and time.time() < deadline:
+            time.sleep(0.05)
+        assert not server.engine.owners
+
+
 def test_a_full_queue_answers_429(live_server):
     with live_server(max_batch_size=1, max_queue=1, limits=Limits(max_tokens=10**6)) as server:
         long = {"prompt": PROMPT, "max_tokens": 10**6, "stream": True, "ignore_eos": True}  # endless
