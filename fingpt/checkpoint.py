@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,17 +36,25 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         loaded = load_bundle(path)
     else:
         if path.is_dir():
-            found = sorted(path.glob("checkpoints/best-*.ckpt")) or sorted(path.glob("checkpoints/last.ckpt"))
-            if not found:
-                raise FileNotFoundError(
-                    f"{path} is neither a bundle nor a run folder with checkpoints/*.ckpt"
-                )
-            path = found[-1]
+            path = run_checkpoint(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: pass a bundle, a run folder or a .ckpt")
         loaded = load_checkpoint(path)
     loaded.model.to(device).eval()
     return loaded
+
+
+def run_checkpoint(run: Path) -> Path:
+    """A run folder's best checkpoint: the lowest val/bpb in a best-*.ckpt name (a resumed run
+    can hold several), else the newest best-*.ckpt, else last.ckpt."""
+    best = list(run.glob("checkpoints/best-*.ckpt"))
+    scored = [(float(m[1]), p) for p in best if (m := re.search(r"bpb(\d+(?:\.\d+)?)", p.name))]
+    if scored:
+        return min(scored)[1]
+    found = sorted(best, key=lambda p: p.stat().st_mtime) or list(run.glob("checkpoints/last.ckpt"))
+    if not found:
+        raise FileNotFoundError(f"{run} is neither a bundle nor a run folder with checkpoints/*.ckpt")
+    return found[-1]
 
 
 def load_bundle(folder: Path) -> LoadedModel:

@@ -62,8 +62,8 @@ def score(
     batch_size: int = 32,
 ) -> Score:
     block = model.config.block_size
-    stride = stride or block // 2
-    if not 0 < stride <= block:
+    stride = block // 2 if stride is None else stride
+    if not isinstance(stride, int) or not 0 < stride <= block:
         raise ValueError(f"stride must be in [1, block_size={block}], got {stride}")
     device = model.wte.weight.device
     nll, tokens, n_bytes, calls = 0.0, 0, 0, 0
@@ -114,7 +114,7 @@ def evaluate(cfg: DictConfig) -> Score:
     return result
 
 
-USAGE = "usage: fingpt-evaluate model=PATH [data=local data.path=CORPUS] [split=...] [stride=N] ..."
+USAGE = "usage: fingpt-evaluate model=PATH data=local data.path=CORPUS | data=NAME [split=...] [stride=N] ..."
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,6 +46,8 @@ def export(source: str | Path, out: str | Path, dtype: str = "float32") -> Path:
         for name, tensor in model.state_dict().items()
         if not (model.config.tie_weights and name == "lm_head.weight")
     }
+    if out.exists() and not (out / "card.json").is_file() and any(out.iterdir()):
+        raise ValueError(f"{out} exists and is not a bundle: choose another --out, or remove it first")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -88,12 +90,12 @@ def point_latest(bundle: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Export a fingpt checkpoint to a served bundle.")
     parser.add_argument("source", type=Path, help="a .ckpt file, or a run folder (its best checkpoint)")
-    parser.add_argument("--out", type=Path, help="bundle folder (default: models/<run name>)")
+    parser.add_argument("--out", type=Path, help="bundle folder (default: $FINGPT_MODELS_DIR/<run name>)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--no-latest", action="store_true", help="leave models/latest as it is")
     args = parser.parse_args(argv)
     run = args.source if args.source.is_dir() else args.source.parent.parent
-    out = args.out or Path("models") / run.name
+    out = args.out or Path(os.environ.get("FINGPT_MODELS_DIR", "models")) / run.name
     try:
         bundle = export(args.source, out, args.dtype)
     except (FileNotFoundError, ValueError) as e:

@@ -14,6 +14,7 @@ at it), and returns that val/bpb for sweepers to minimize.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -22,21 +23,25 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fingpt.config import CONF_DIR
 from fingpt.data.datamodule import TranscriptDataModule
 from fingpt.data.prepare import load_manifest, prepare
+from fingpt.data.sources import DataError
 from fingpt.export import export, point_latest
 from fingpt.lit_module import GPTLitModule
 
 
-def resolve_checkpoint(ckpt_path: str | None, log_dir: Path) -> Path | None:
-    """`last` (the newest last.ckpt under log_dir), a run folder, or a .ckpt file."""
+def resolve_checkpoint(ckpt_path: str | None, log_dir: Path, run_dir: Path) -> Path | None:
+    """`last` (run_dir's last.ckpt, else the newest under log_dir), a run folder, or a .ckpt."""
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():  # run_name=NAME ckpt_path=last
+            return run_dir / "checkpoints" / "last.ckpt"
         found = sorted(log_dir.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
             raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt under {log_dir}")
@@ -52,7 +57,7 @@ def resolve_checkpoint(ckpt_path: str | None, log_dir: Path) -> Path | None:
 def train(cfg: DictConfig) -> float:
     start = time.time()
     L.seed_everything(cfg.seed, workers=True)
-    resume = resolve_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir))
+    resume = resolve_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), Path(cfg.paths.output_dir))
     if resume is not None:  # keep writing into the resumed run's folder: one curve, one run
         cfg.paths.output_dir = str(resume.parent.parent)
     output_dir = Path(cfg.paths.output_dir)
@@ -83,6 +88,8 @@ def train(cfg: DictConfig) -> float:
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if not cfg.trainer.enable_progress_bar:  # Lightning refuses a progress bar it was told not to show
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
@@ -134,4 +141,8 @@ def train(cfg: DictConfig) -> float:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    try:
+        return train(cfg)
+    except (DataError, FileNotFoundError) as e:  # the user's input: one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

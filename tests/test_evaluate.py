@@ -71,3 +71,6 @@ def test_the_cli_takes_model_equals_path_and_prints_bpb(trained_run, tmp_path, c
     with pytest.raises(SystemExit):
         main([f"model={tmp_path}/missing.ckpt", "data=local", f"data.path={tmp_path / 'calls.txt'}"])
     assert "missing.ckpt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([f"model={trained_run}", "data=local", f"data.path={tmp_path / 'calls.txt'}", "stride=0"])
+    assert "stride must be in [1, block_size=32], got 0" in capsys.readouterr().err

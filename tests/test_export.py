@@ -1,6 +1,8 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,6 +81,28 @@ def test_the_cli_exports_and_reports_bad_input(trained_run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "nothing.ckpt"), "--out", str(tmp_path / "x")])
     assert "nothing.ckpt does not exist" in capsys.readouterr().err
+    main([str(trained_run), "--no-latest"])  # by default into FINGPT_MODELS_DIR, as train.py
+    assert (Path(os.environ["FINGPT_MODELS_DIR"]) / trained_run.name / "card.json").is_file()
+
+
+def test_export_never_replaces_a_folder_that_is_not_a_bundle(trained_run, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="exists and is not a bundle"):
+        export(trained_run, tmp_path / "notes")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    export(trained_run, tmp_path / "bundle")
+    export(trained_run, tmp_path / "bundle")  # an old bundle is replaced
+
+
+def test_a_run_folder_means_its_best_scored_checkpoint(tmp_path):
+    from fingpt.checkpoint import run_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    best = ("best-step9-bpb5.5050.ckpt", "best-step15-bpb5.3673.ckpt", "best-step12-bpb5.4254.ckpt")
+    for name in ("last.ckpt", *best):
+        (tmp_path / "checkpoints" / name).touch()  # a resumed run can keep several best-*
+    assert run_checkpoint(tmp_path).name == "best-step15-bpb5.3673.ckpt"
 
 
 def test_loading_a_bundle_imports_neither_lightning_nor_hydra(bundle):

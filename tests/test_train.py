@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,41 @@ def test_debug_overfit_drives_the_loss_of_one_batch_to_zero(tmp_path, cache_dir)
     with open(Path(cfg.paths.output_dir) / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]]
     assert losses[0] > 8.5 and losses[-1] < 0.1  # from ln(8192) = 9.0, chance
+
+
+def test_user_errors_in_train_py_are_one_line_and_exit_2(tmp_path, cache_dir):
+    for args, message in (
+        (["data=local"], "data 'local' needs data.path"),
+        (["ckpt_path=last"], "ckpt_path=last: no checkpoints/last.ckpt under"),
+    ):
+        proc = run_cli(args, tmp_path, cache_dir, check=False)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
+        assert message in proc.stderr
+
+
+def test_ckpt_path_last_resumes_the_named_run_not_the_newest(tmp_path):
+    from fingpt.train import resolve_checkpoint
+
+    for age, run in ((100, "a"), (0, "b")):  # b is the newer
+        (tmp_path / run / "checkpoints").mkdir(parents=True)
+        (tmp_path / run / "checkpoints" / "last.ckpt").touch()
+        os.utime(tmp_path / run / "checkpoints" / "last.ckpt", (time.time() - age,) * 2)
+    assert resolve_checkpoint("last", tmp_path, tmp_path / "a") == tmp_path / "a/checkpoints/last.ckpt"
+    assert resolve_checkpoint("last", tmp_path, tmp_path / "new") == tmp_path / "b/checkpoints/last.ckpt"
+
+
+def test_a_progress_bar_can_be_switched_off(tmp_path, cache_dir):
+    train(
+        train_config(
+            tmp_path,
+            cache_dir,
+            [
+                "debug=fast_dev_run",
+                "trainer.enable_progress_bar=false",
+                "+callbacks.progress_bar._target_=lightning.pytorch.callbacks.TQDMProgressBar",
+            ],
+        )
+    )
 
 
 def test_weight_decay_applies_to_the_weight_matrices_only():

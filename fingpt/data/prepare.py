@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from fingpt.config import CONF_DIR
 from fingpt.data.sources import DataError, Document
@@ -72,7 +73,13 @@ class Corpus:
                 f"data.val_fraction ({self.val_fraction}) and data.test_fraction ({self.test_fraction}) "
                 "must be >= 0 and leave some calls for training"
             )
-        self.sources = {name: _instantiate_source(cfg) for name, cfg in data.sources.items()}
+        try:
+            self.sources = {name: _instantiate_source(cfg) for name, cfg in data.sources.items()}
+        except MissingMandatoryValue as e:  # data=local without data.path
+            raise DataError(
+                f"data {self.name!r} needs {e.full_key.replace(f'sources.{self.name}.', '')}: add "
+                "data.path=PATH (a .txt, a folder of .txt, a .jsonl or a .parquet)"
+            ) from e
         self.duplicates = 0
 
     def fingerprint(self) -> dict:
@@ -140,7 +147,10 @@ def _build_tokenizer(tokenizer_cfg: DictConfig, corpus: Corpus) -> Tokenizer:
     if tokenizer_cfg.get("path"):
         return load_tokenizer(tokenizer_cfg.path)
     train = instantiate({k: v for k, v in tokenizer_cfg.items() if k != "path"}, _partial_=True)
-    return train(corpus.texts("train"))
+    try:
+        return train(corpus.texts("train"))
+    except ValueError as e:  # a setting out of range, e.g. vocab_size
+        raise DataError(f"tokenizer: {e}") from e
 
 
 def fingerprint(data: DictConfig, tokenizer_cfg: DictConfig, corpus: Corpus) -> str:
@@ -178,6 +188,9 @@ def prepare(data: DictConfig, tokenizer_cfg: DictConfig, cache_dir: str | Path) 
         for writer in writers.values():
             writer.close()
         splits = {s: w.summary() for s, w in writers.items() if w.calls}
+        if not splits:
+            where = ", ".join(str(getattr(s, "path", name)) for name, s in corpus.sources.items())
+            raise DataError(f"{where} holds no calls: is it the right file, and not empty?")
         for required in ("train", "validation"):
             if required not in splits:
                 raise DataError(

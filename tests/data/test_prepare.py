@@ -90,7 +90,7 @@ def test_an_empty_corpus_names_the_file(tmp_path):
     cfg = compose(
         "prepare", ["data=local", f"data.path={tmp_path / 'empty.txt'}", f"paths.cache_dir={tmp_path}/c"]
     )
-    with pytest.raises(DataError, match="the train split of data 'local' is empty"):
+    with pytest.raises(DataError, match="empty.txt holds no calls"):
         prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
 
@@ -115,13 +115,23 @@ def test_a_local_jsonl_corpus_prepares_through_the_cli(tmp_path, capsys, monkeyp
     assert manifest["splits"]["train"]["calls"] + manifest["splits"]["validation"]["calls"] == 40
 
 
-def test_the_cli_prints_a_one_line_error_for_bad_input(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("sys.argv", ["fingpt-prepare", "data=local", f"data.path={tmp_path}/missing.txt"])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data.path={tmp}/missing.txt"], "missing.txt does not exist"),
+        ([], "data 'local' needs data.path: add data.path=PATH"),
+        (["data.path={calls}", "tokenizer.vocab_size=10"], "tokenizer: BPE vocab_size must be at least 257"),
+    ],
+)
+def test_the_cli_prints_a_one_line_error_for_bad_input(args, message, tmp_path, capsys, monkeypatch):
+    (tmp_path / "calls.txt").write_text("Operator: Welcome.\n--- NEXT EARNINGS CALL ---\nGood day.\n")
+    args = [a.format(tmp=tmp_path, calls=tmp_path / "calls.txt") for a in args]
+    monkeypatch.setattr("sys.argv", ["fingpt-prepare", "data=local", f"paths.cache_dir={tmp_path}/c", *args])
     with pytest.raises(SystemExit) as exit_info:
         prepare_module.main()
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "missing.txt does not exist" in err and "\n" not in err
+    assert err.startswith("error: ") and message in err and "\n" not in err
 
 
 def test_a_prepared_folder_is_readable_as_any_plain_file_is(prepared):
