@@ -538,6 +538,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not Path(args.model).exists():
         parser.error(f"--model {args.model} does not exist: train and export one first (make demo)")
+    for name in ("max_batch_size", "max_queue", "max_tokens", "max_n", "timeout"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(
         model=args.model,

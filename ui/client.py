@@ -170,6 +170,8 @@ class Client:
             raise self._not_fingpt(response) from None
 
     def _error(self, response: httpx.Response) -> ServerError:
+        if response.status_code == 404:  # every route the page calls exists on a fingpt server
+            return self._not_fingpt(response)
         try:
             error = response.json()["error"]
             return explain(response.status_code, error, self.has_key)

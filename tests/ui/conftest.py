@@ -35,8 +35,15 @@ def keyed_server(bundle):
 
 @pytest.fixture(scope="module")
 def full_server(bundle):
-    """Its queue holds nothing: every completion is refused with 429."""
-    with serve(bundle, max_batch_size=1, max_queue=0) as live:
+    """Its queue is always full: every completion is refused with 429 (a real full queue is
+    tested in tests/serving/test_live.py)."""
+    from serving.engine import Overloaded
+
+    def full(job):
+        raise Overloaded("64 jobs are waiting (at most 64)")
+
+    with serve(bundle, max_batch_size=1) as live:
+        live.engine.submit = full
         yield live
 
 
