@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import random
-import tempfile
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from functools import cached_property
@@ -17,8 +17,6 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
-
-from fingpt.files import default_permissions
 
 EOT = "<|endoftext|>"  # separates documents
 
@@ -51,10 +49,9 @@ class Tokenizer:
         """Write atomically: a crash never leaves a half-written tokenizer file."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(self.to_json())
-        default_permissions(Path(tmp))
+        # a plain open() (not mkstemp's owner-only 0600), in this process's own temporary name
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
         os.replace(tmp, path)
 
     @cached_property
