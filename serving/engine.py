@@ -73,15 +73,22 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         """Queue every choice of a job, or none of them (Overloaded)."""
-        if self.waiting.qsize() + len(job.choices) > self.max_queue:
-            raise Overloaded(f"{self.waiting.qsize()} jobs are waiting (at most {self.max_queue})")
+        waiting = self.waiting_choices()
+        if waiting + len(job.choices) > self.max_queue:
+            raise Overloaded(f"{waiting} choices are waiting (at most {self.max_queue})")
         for index in range(len(job.choices)):
             self.waiting.put((job, index))
         self._observe_queue()
 
+    def waiting_choices(self) -> int:
+        """Queued choices whose client still wants them: a cancelled job's leave the queue only
+        when the worker reaches them, and must not keep new requests out meanwhile."""
+        with self.waiting.mutex:
+            return sum(not job.cancelled for job, _ in self.waiting.queue)
+
     def _observe_queue(self) -> None:
         if self.metrics:
-            self.metrics.queue_depth.set(self.waiting.qsize())
+            self.metrics.queue_depth.set(self.waiting_choices())
 
     def _admit(self, block: bool) -> None:
         """Move waiting choices into free rows; block for the first one when idle."""

@@ -235,3 +235,26 @@ def test_the_server_can_decode_in_bfloat16(bundle):
         assert str(c.app.state.fingpt["loaded"].model.wte.weight.dtype) == "torch.bfloat16"
         body = complete(c, seed=1, max_tokens=8).json()
         assert body["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_cancelled_jobs_do_not_hold_queue_places(bundle):
+    import asyncio
+
+    from fingpt.checkpoint import load_model
+    from fingpt.generation import SamplingParams
+    from serving.engine import Choice, Engine, Job, Overloaded
+
+    engine = Engine(load_model(bundle), max_batch_size=1, max_queue=4)  # no worker: nothing drains
+    loop = asyncio.new_event_loop()
+
+    def job(choices: int) -> Job:
+        return Job([Choice([1, 2], SamplingParams())] * choices, loop)
+
+    timed_out = job(4)
+    engine.submit(timed_out)
+    with pytest.raises(Overloaded, match="4 choices are waiting"):
+        engine.submit(job(1))
+    timed_out.cancel()  # its client got a 504 and left
+    engine.submit(job(4))
+    assert engine.waiting_choices() == 4 and engine.waiting.qsize() == 8
+    loop.close()

@@ -40,7 +40,7 @@ def full_server(bundle):
     from serving.engine import Overloaded
 
     def full(job):
-        raise Overloaded("64 jobs are waiting (at most 64)")
+        raise Overloaded("64 choices are waiting (at most 64)")
 
     with serve(bundle, max_batch_size=1) as live:
         live.engine.submit = full
