@@ -140,7 +140,7 @@ class Step:
     """What one decoding step produced for one row."""
 
     token: int
-    logprob: float  # of the token under the model's unmodified distribution
+    logprob: float | None  # of the token under the model's unmodified distribution
     text: str  # the new text delta (may be empty)
     finish_reason: str | None  # "stop" | "length" | None while the row goes on
     top_logprobs: dict[int, float] | None = None  # the most likely tokens, if asked for
@@ -249,6 +249,25 @@ class Sampler:
 
     def _param(self, rows: list[_Row], name: str, dtype: torch.dtype) -> torch.Tensor:
         return torch.tensor([getattr(row.params, name) for row in rows], dtype=dtype, device=self.device)
+
+
+@torch.inference_mode()
+def prompt_logprobs(model: GPT, ids: list[int], top: int = 0) -> list[Step]:
+    """Each prompt token's log-probability given the tokens before it (None for the first), with
+    the `top` most likely tokens at its place: what OpenAI's echo with logprobs reports. Only the
+    last block_size tokens are scored, as the model sees them; earlier ones get None too."""
+    head, ids = ids[: -model.config.block_size], ids[-model.config.block_size :]
+    x = torch.tensor([ids], device=model.wte.weight.device)
+    logprobs = F.log_softmax(model(x)[0][0, :-1].float(), dim=-1)  # position t predicts token t + 1
+    chosen = logprobs.gather(-1, x[0, 1:, None]).squeeze(-1).tolist()
+    best = logprobs.topk(top, dim=-1) if top else None
+    steps = [Step(token, None, "", None, None) for token in [*head, ids[0]]]
+    for t, (token, logprob) in enumerate(zip(ids[1:], chosen, strict=True)):
+        alternatives = None
+        if top:
+            alternatives = dict(zip(best.indices[t].tolist(), best.values[t].tolist(), strict=True))
+        steps.append(Step(token, logprob, "", None, alternatives))
+    return steps
 
 
 @dataclass

@@ -38,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fingpt.checkpoint import LoadedModel, load_model
-from fingpt.generation import Step
+from fingpt.generation import Step, prompt_logprobs
 from serving.engine import Choice, Engine, Job, Overloaded
 from serving.schemas import SEEDS, APIError, CompletionRequest, GenerateRequest, Limits
 
@@ -361,10 +361,25 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
             "tokens": tokens,
             "token_logprobs": [s.logprob for s in steps],
             "top_logprobs": [
-                {token_text(t, tokenizer): lp for t, lp in (s.top_logprobs or {}).items()} for s in steps
+                None
+                if s.top_logprobs is None and s.logprob is None  # a prompt's first token
+                else {token_text(t, tokenizer): lp for t, lp in (s.top_logprobs or {}).items()}
+                for s in steps
             ],
             "text_offset": offsets,
         }
+
+    async def echoed_logprobs(body: CompletionRequest, job: Job, labels) -> list[list[Step]]:
+        """The prompt tokens of each choice, scored, when echo and logprobs are both asked for
+        (as OpenAI does; this is how evaluation harnesses score text through the API)."""
+        if not (body.echo and body.logprobs is not None):
+            return [[] for _ in labels]
+        model, k = state["loaded"].model, body.logprobs
+        prompts = {p: job.choices[i].prompt_ids for i, (p, _) in enumerate(labels)}
+        scored = await run_in_threadpool(
+            lambda: {p: prompt_logprobs(model, ids, k) for p, ids in prompts.items()}
+        )
+        return [scored[p] for p, _ in labels]
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(http: Request, body: CompletionRequest):
@@ -373,14 +388,15 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         prompt_tokens = sum(len(c.prompt_ids) for c in job.choices) // body.n
+        echoed = await echoed_logprobs(body, job, labels)
         if body.stream:
             return StreamingResponse(
-                stream(body, job, labels, steps, completion_id, created, prompt_tokens),
+                stream(body, job, labels, steps, completion_id, created, prompt_tokens, echoed),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
         texts = [[] for _ in job.choices]
-        recorded: list[list[Step]] = [[] for _ in job.choices]
+        recorded: list[list[Step]] = [list(prompt_steps) for prompt_steps in echoed]
         reasons = [None] * len(job.choices)
         async for index, step in steps:
             texts[index].append(step.text)
@@ -396,13 +412,13 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
                 {
                     "index": index,
                     "text": prefix + "".join(texts[index]),
-                    "logprobs": logprobs_of(recorded[index], tokenizer, len(prefix))
+                    "logprobs": logprobs_of(recorded[index], tokenizer, 0 if body.echo else len(prefix))
                     if body.logprobs is not None
                     else None,
                     "finish_reason": reasons[index],
                 }
             )
-        completion_tokens = sum(len(r) for r in recorded)
+        completion_tokens = sum(len(r) for r in recorded) - sum(len(e) for e in echoed)
         return {
             "id": completion_id,
             "object": "text_completion",
@@ -419,7 +435,9 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
             "total_tokens": prompt_tokens + completion_tokens,
         }
 
-    async def stream(body, job, labels, steps, completion_id, created, prompt_tokens) -> AsyncIterator[str]:
+    async def stream(
+        body, job, labels, steps, completion_id, created, prompt_tokens, echoed
+    ) -> AsyncIterator[str]:
         def chunk(choices: list[dict], **extra) -> str:
             payload = {
                 "id": completion_id,
@@ -438,7 +456,9 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
             if body.echo:
                 for index, (_, prompt) in enumerate(labels):
                     offsets[index] = len(prompt)
-                    yield chunk([{"index": index, "text": prompt, "logprobs": None, "finish_reason": None}])
+                    logprobs = logprobs_of(echoed[index], tokenizer, 0) if echoed[index] else None
+                    echo = {"index": index, "text": prompt, "logprobs": logprobs, "finish_reason": None}
+                    yield chunk([echo])
             async for index, step in steps:
                 completion_tokens += 1
                 if not step.text and not step.finish_reason and body.logprobs is None:

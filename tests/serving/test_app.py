@@ -54,11 +54,34 @@ def test_prompts_lists_n_echo_and_logprobs(client):
     assert [c["text"][: len("Revenue")] for c in choices[:2]] == ["Revenue", "Revenue"]
     assert choices[2]["text"].startswith("Guidance")
     assert choices[0]["text"] != choices[1]["text"]  # n samples differ (seed, seed + 1)
-    logprobs = choices[0]["logprobs"]
+    logprobs = choices[0]["logprobs"]  # with echo: the prompt's tokens, then the completion's
     assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(logprobs["top_logprobs"])
-    assert all(lp <= 0 for lp in logprobs["token_logprobs"])
-    assert all(1 <= len(top) <= 2 for top in logprobs["top_logprobs"])
-    assert logprobs["text_offset"][0] == len("Revenue")
+    assert "".join(logprobs["tokens"]) == choices[0]["text"] and logprobs["text_offset"][0] == 0
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    assert all(lp <= 0 for lp in logprobs["token_logprobs"][1:])
+    assert all(1 <= len(top) <= 2 for top in logprobs["top_logprobs"][1:])
+    without_echo = complete(client, prompt="Revenue", seed=3, logprobs=2).json()["choices"][0]["logprobs"]
+    assert without_echo["text_offset"][0] == 0 and without_echo["token_logprobs"][0] is not None
+
+
+def test_echo_with_logprobs_scores_the_prompt_as_the_model_does(client, bundle):
+    import torch
+
+    from fingpt.checkpoint import load_model
+
+    loaded = load_model(bundle)
+    ids = loaded.tokenizer.encode(PROMPT)
+    with torch.no_grad():
+        expected = torch.log_softmax(loaded.model(torch.tensor([ids]))[0][0, :-1], -1)
+    expected = expected.gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
+    for stream in (False, True):
+        response = complete(client, echo=True, logprobs=1, max_tokens=1, stream=stream)
+        if stream:
+            logprobs = events(response)[0]["choices"][0]["logprobs"]  # the echo chunk
+        else:
+            logprobs = response.json()["choices"][0]["logprobs"]
+        scored = torch.tensor(logprobs["token_logprobs"][1 : len(ids)])
+        assert torch.allclose(scored, expected, atol=1e-4)
 
 
 def test_stop_strings_cut_the_text(client):
