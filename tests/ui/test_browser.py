@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()), reason="needs /usr/bin/chromium and chromedriver"
 )
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -93,20 +94,29 @@ def browser(tmp_path):
     driver.quit()
 
 
+def wait(driver, condition, timeout: float = 60):
+    """condition(driver)'s first true value; Streamlit redraws elements, so a stale one is retried."""
+    stale = (StaleElementReferenceException,)
+    return WebDriverWait(driver, timeout, ignored_exceptions=stale).until(condition)
+
+
 def button(driver, label: str):
     """The button of that label, once the page shows it."""
     path = f"//*[@data-testid='stButton']//button[normalize-space(.)='{label}']"
-    return WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.XPATH, path))[0]
+    return wait(driver, lambda d: d.find_elements(By.XPATH, path), 30)[0]
 
 
 def wait_for_text(driver, text: str, timeout: float = 60) -> None:
-    WebDriverWait(driver, timeout).until(lambda d: text in d.find_element(By.TAG_NAME, "body").text)
+    wait(driver, lambda d: text in d.find_element(By.TAG_NAME, "body").text, timeout)
 
 
 def live_text(driver) -> str:
     """The text streaming in, outside the history."""
     texts = driver.find_elements(By.CSS_SELECTOR, "[data-testid='stHtml']")
     return next((e.text for e in texts if not e.find_elements(By.XPATH, "ancestor::details")), "")
+
+
+EXPANDER_TEXT = "[data-testid='stExpander'] [data-testid='stHtml']"
 
 
 def history_titles(driver) -> list[str]:
@@ -122,14 +132,15 @@ def test_generate_in_a_real_browser_and_take_a_screenshot(server, streamlit_page
     prompt = browser.find_element(By.CSS_SELECTOR, "textarea[aria-label='Prompt']").get_attribute("value")
     assert prompt.startswith("Operator: Good day, and welcome to the Acme Corp Fourth Quarter 2024 Earnings")
     button(browser, "Generate").click()
-    WebDriverWait(browser, 60).until(lambda d: history_titles(d))
-    [title] = history_titles(browser)
+
+    def finished(d):  # one generation in the history, its text rendered
+        titles = history_titles(d)
+        texts = [e.text for e in d.find_elements(By.CSS_SELECTOR, EXPANDER_TEXT)]
+        return (titles, texts) if len(titles) == len(texts) == 1 and texts[0] else False
+
+    [title], [text] = wait(browser, finished)
     ended = "(reached max tokens, 200|ended by a stop string or the end of the call, [0-9]+) tokens"
     assert re.fullmatch(rf"#1 at [0-9:]{{8}}: {ended}", title)
-    [text] = [
-        e.text
-        for e in browser.find_elements(By.CSS_SELECTOR, "[data-testid='stExpander'] [data-testid='stHtml']")
-    ]
     assert text.startswith(prompt) and len(text) > len(prompt)
     path = Path(os.environ.get("FINGPT_SCREENSHOT") or tmp_path / "fingpt-ui.png")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,18 +151,16 @@ def test_generate_in_a_real_browser_and_take_a_screenshot(server, streamlit_page
 def test_the_stop_button_ends_a_long_generation(slow_server, streamlit_page, browser):
     browser.get(streamlit_page(slow_server.url))
     wait_for_text(browser, "Ready: serving tiny")
-    field = WebDriverWait(browser, 30).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "input[aria-label='Max tokens']")
-    )[0]
+    field = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[aria-label='Max tokens']"), 30)[0]
     field.send_keys(Keys.CONTROL, "a")
     field.send_keys("500000", Keys.ENTER)
     button(browser, "Generate").click()
-    WebDriverWait(browser, 60).until(lambda d: live_text(d).startswith("Operator: Good day"))
+    wait(browser, lambda d: live_text(d).startswith("Operator: Good day"))
     button(browser, "Stop generating").click()
-    WebDriverWait(browser, 60).until(lambda d: any(t.endswith("stopped") for t in history_titles(d)))
+    wait(browser, lambda d: any(t.endswith("stopped") for t in history_titles(d)))
     assert (
         "Stopped generation #1: its text so far is kept below."
         in browser.find_element(By.TAG_NAME, "body").text
     )
     assert not browser.find_elements(By.XPATH, "//button[normalize-space(.)='Stop generating']")
-    WebDriverWait(browser, 30).until(lambda _: not slow_server.engine.owners)  # the server dropped it
+    wait(browser, lambda _: not slow_server.engine.owners, 30)  # the server dropped it
