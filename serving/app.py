@@ -302,6 +302,8 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
                 choices.append(Choice(ids, body.sampling_params(seed, getattr(body, "logprobs", None))))
                 labels.append((p, texts[p]))
         job = Job(choices=choices, loop=asyncio.get_running_loop())
+        if body.max_tokens == 0:  # echo only: the prompts are scored, nothing is generated
+            return job, labels, no_steps()
         try:
             engine.submit(job)
         except Overloaded as e:
@@ -397,7 +399,7 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
             )
         texts = [[] for _ in job.choices]
         recorded: list[list[Step]] = [list(prompt_steps) for prompt_steps in echoed]
-        reasons = [None] * len(job.choices)
+        reasons = ["length" if body.max_tokens == 0 else None] * len(job.choices)
         async for index, step in steps:
             texts[index].append(step.text)
             recorded[index].append(step)
@@ -477,6 +479,9 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
                         }
                     ]
                 )
+            if body.max_tokens == 0:  # echo only: every choice ends with its prompt
+                for index in range(len(labels)):
+                    yield chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": "length"}])
             if body.stream_options and body.stream_options.include_usage:
                 yield chunk([], usage=usage(prompt_tokens, completion_tokens))
         except APIError as e:  # the stream has started: report the error in it
@@ -493,6 +498,12 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
         return {"generated_text": "".join(texts)}
 
     return app
+
+
+async def no_steps() -> AsyncIterator[tuple[int, Step]]:
+    """The steps of a request that generates nothing (max_tokens 0 with echo)."""
+    for step in ():
+        yield step
 
 
 class BackgroundServer:

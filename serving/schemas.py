@@ -116,7 +116,7 @@ class Sampling(BaseModel):
 
     def sampling_params(self, seed: int | None, logprobs: int | None = None) -> SamplingParams:
         return SamplingParams(
-            max_new_tokens=self.max_tokens,
+            max_new_tokens=max(1, self.max_tokens),  # 0 (echo only) never reaches the engine
             temperature=self.temperature,
             top_k=self.top_k,
             top_p=self.top_p,
@@ -129,6 +129,7 @@ class Sampling(BaseModel):
 
 class CompletionRequest(Sampling):
     model: str | None = None
+    max_tokens: StrictInt = Field(16, ge=0)  # 0 with echo: score the prompt, generate nothing
     n: StrictInt = Field(1, ge=1)
     echo: StrictBool = False
     logprobs: StrictInt | None = Field(None, ge=0, le=5)
@@ -139,6 +140,9 @@ class CompletionRequest(Sampling):
         super().check(limits)
         if self.n > limits.max_n:
             raise APIError(400, f"n is {self.n}, above this server's cap of {limits.max_n}", param="n")
+        if self.max_tokens == 0 and not self.echo:
+            message = "max_tokens must be at least 1 (0 only with echo, to score the prompt)"
+            raise APIError(400, message, param="max_tokens")
         if self.stream_options is not None and not self.stream:
             raise APIError(400, "stream_options is only allowed with stream: true", param="stream_options")
 

@@ -64,6 +64,16 @@ def test_prompts_lists_n_echo_and_logprobs(client):
     assert without_echo["text_offset"][0] == 0 and without_echo["token_logprobs"][0] is not None
 
 
+def test_echo_with_max_tokens_0_returns_the_prompt_scored(client):
+    body = complete(client, echo=True, logprobs=1, max_tokens=0).json()
+    [choice] = body["choices"]
+    assert choice["text"] == PROMPT and choice["finish_reason"] == "length"
+    assert "".join(choice["logprobs"]["tokens"]) == PROMPT and body["usage"]["completion_tokens"] == 0
+    streamed = events(complete(client, echo=True, max_tokens=0, stream=True))
+    assert [c["choices"][0]["text"] for c in streamed] == [PROMPT, ""]
+    assert streamed[-1]["choices"][0]["finish_reason"] == "length"
+
+
 def test_echo_with_logprobs_scores_the_prompt_as_the_model_does(client, bundle):
     import torch
 
@@ -119,7 +129,8 @@ def test_the_original_generate_endpoint(client):
         ({"top_p": 0}, "top_p", "greater than 0"),
         ({"top_p": 1.5}, "top_p", "less than or equal to 1"),
         ({"top_k": -1}, "top_k", "greater than or equal to 0"),
-        ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+        ({"max_tokens": 0}, "max_tokens", "at least 1 (0 only with echo"),
+        ({"max_tokens": -1}, "max_tokens", "greater than or equal to 0"),
         ({"max_tokens": 257}, "max_tokens", "max_tokens is 257, above this server's cap of 256"),
         ({"stop": ""}, "stop", "stop strings must not be empty"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 stop strings"),
