@@ -254,10 +254,14 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
             ],
         }
 
-    async def encode_prompts(body: CompletionRequest, loaded_model: LoadedModel) -> list[list[int]]:
+    async def encode_prompts(
+        body: CompletionRequest, loaded_model: LoadedModel
+    ) -> tuple[list[str], list[list[int]]]:
+        """The prompts as the text echo shows and as token ids, checked against the context."""
         prompt, tokenizer = body.prompt, loaded_model.tokenizer
+        texts = None
         if isinstance(prompt, str) or isinstance(prompt[0], str):
-            texts = [prompt] if isinstance(prompt, str) else prompt
+            texts = [prompt] if isinstance(prompt, str) else list(prompt)
             encoded = await run_in_threadpool(lambda: [tokenizer.encode(p) for p in texts])
         else:  # token ids: one prompt, or a list of them
             encoded = [list(prompt)] if isinstance(prompt[0], int) else [list(ids) for ids in prompt]
@@ -279,11 +283,11 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
                     param="prompt",
                     code="context_length_exceeded",
                 )
-        return encoded
+        return texts or [tokenizer.decode(ids) for ids in encoded], encoded
 
     async def run(http: Request, body: CompletionRequest) -> tuple[Job, list[tuple[int, str]], AsyncIterator]:
         engine, loaded_model = ready()
-        prompts = await encode_prompts(body, loaded_model)
+        texts, prompts = await encode_prompts(body, loaded_model)
         if len(prompts) * body.n > engine.max_queue:
             raise APIError(
                 400,
@@ -291,10 +295,6 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
                 f"this server queues at once ({engine.max_queue}): split it",
                 param="prompt" if len(prompts) > 1 else "n",
             )
-        if isinstance(body.prompt, str) or isinstance(body.prompt[0], str):
-            texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-        else:  # echo shows token-id prompts as their text
-            texts = [loaded_model.tokenizer.decode(ids) for ids in prompts]
         choices, labels = [], []
         for p, ids in enumerate(prompts):
             for k in range(body.n):
