@@ -6,7 +6,9 @@
 2. fingpt's KV cache vs recomputing the whole context at every token, at 512 tokens of
    context, goal >= 5x;
 3. aggregate tokens/s of 16 concurrent streams vs 1 through the HTTP server, with p50 and p99
-   request latency, goal >= 6x.
+   request latency, goal >= 6x;
+4. decoding far past the context: rotary positions, whose cache slides one token per step, vs
+   learned positions, whose cache is refilled every block_size / 4 tokens (context 256).
 
     python bench/serve.py [--n-embd 384 --n-head 6 --n-layer 6 --tokens 128]   (needs '.[bench]')
 """
@@ -79,6 +81,20 @@ def vs_recompute(model: GPT, tokenizer, context: int, tokens: int) -> tuple[floa
             ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
 
     return side_by_side(lambda: generate(model, tokenizer, [prompt], greedy), recompute, tokens, repeats=2)
+
+
+def sliding(config: GPTConfig, tokenizer, tokens: int, dtype: torch.dtype) -> tuple[float, float]:
+    """One stream generating `tokens` past a context of 256: rotary vs learned positions."""
+    shape = config.to_dict() | {"block_size": 256}
+    rope, learned = (GPT(GPTConfig(**shape | {"pos_emb": p})).eval().to(dtype) for p in ("rope", "learned"))
+    prompt = tokenizer.encode(PROMPT)
+    greedy = SamplingParams(max_new_tokens=tokens, temperature=0.0, ignore_eos=True)
+    return side_by_side(
+        lambda: generate(rope, tokenizer, [prompt], greedy),
+        lambda: generate(learned, tokenizer, [prompt], greedy),
+        tokens,
+        repeats=2,
+    )
 
 
 def concurrency(
@@ -154,6 +170,12 @@ def main() -> None:
     print(f"   1 stream:   {one:6.0f} tokens/s, latency p50 {p50_1:.2f} s, p99 {p99_1:.2f} s")
     print(f"   16 streams: {many:6.0f} tokens/s, latency p50 {p50_16:.2f} s, p99 {p99_16:.2f} s")
     print(f"   = {many / one:.1f}x (goal >= 6x)")
+    rope, learned = sliding(config, tokenizer, tokens=1024, dtype=dtype)
+    print("4. 1024 tokens generated with a context of 256 (the cache slides 768 times):")
+    print(
+        f"   rotary, sliding a token per step {rope:.0f} tokens/s, learned, refilled {learned:.0f} tokens/s"
+    )
+    print(f"   = {rope / learned:.2f}x")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 1. a plain PyTorch loop (forward, backward, clip, AdamW step) on fingpt's GPT;
 2. the same model trained through Lightning's Trainer with fingpt's GPTLitModule;
 3. the plain loop on the same GPT with the original's attention (one Linear per head for each
-   of key, query and value, a masked softmax), as v2.py had it.
+   of key, query and value, a masked softmax), as v2.py had it;
+4. the LM head and loss alone: fingpt's chunked loss vs F.cross_entropy over full logits.
 
     python bench/train.py [--steps 30] [--n-embd 384 --n-head 6 --n-layer 6 --block-size 256]
     python bench/train.py --tokenizer char --block-size 8 --batch-size 32   # the original's setting
@@ -30,7 +31,8 @@ from fingpt.config import compose
 from fingpt.data.datamodule import TranscriptDataModule
 from fingpt.data.prepare import load_manifest, prepare
 from fingpt.lit_module import GPTLitModule
-from fingpt.model import GPT, CausalSelfAttention, GPTConfig
+from fingpt.model import GPT, CausalSelfAttention, GPTConfig, LinearCrossEntropy, loss_chunk_rows
+from fingpt.optim import adamw
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIMIZER = {"lr": 1e-3, "betas": (0.9, 0.95), "weight_decay": 0.1, "fused": True}  # as conf/train.yaml
@@ -86,9 +88,32 @@ def attention_alone(config: GPTConfig, batch_size: int, steps: int) -> dict[str,
     return best
 
 
+def loss_alone(n_embd: int, vocab_size: int, tokens: int, steps: int) -> dict[str, float]:
+    """Forward + backward tokens/s of the LM head and its loss by themselves: fingpt's chunked
+    loss vs F.cross_entropy over the full (tokens, vocabulary) logits."""
+    torch.manual_seed(0)
+    h = torch.randn(tokens, n_embd, requires_grad=True)
+    weight = (torch.randn(vocab_size, n_embd) * 0.02).requires_grad_()
+    targets = torch.randint(0, vocab_size, (tokens,))
+    chunk = loss_chunk_rows(vocab_size, h.device)
+    losses = {
+        "chunked": lambda: LinearCrossEntropy.apply(h, weight, None, targets, None, chunk, True),
+        "full logits": lambda: F.cross_entropy(h @ weight.T, targets),
+    }
+    best = dict.fromkeys(losses, 0.0)
+    for _ in range(2):  # interleaved, best of two
+        for name, loss in losses.items():
+            loss().backward()  # warm up
+            start = time.perf_counter()
+            for _ in range(steps):
+                loss().backward()
+            best[name] = max(best[name], steps * tokens / (time.perf_counter() - start))
+    return best
+
+
 def plain_loop(model: GPT, batches: list, warmup: int) -> float:
     """Tokens/s of a hand-written training loop over `batches` (after `warmup` steps)."""
-    optimizer = torch.optim.AdamW(model.parameters(), **OPTIMIZER)
+    optimizer = adamw(model, **OPTIMIZER)
     model.train()
     for i, (x, y) in enumerate(batches):
         if i == warmup:
@@ -184,8 +209,12 @@ def main() -> None:
             else:
                 module = GPTLitModule(
                     model=config,
-                    optimizer={"_target_": "torch.optim.AdamW", **OPTIMIZER},
-                    scheduler={"warmup_steps": 10, "min_lr_ratio": 0.1},
+                    optimizer={"_target_": "fingpt.optim.adamw", "_partial_": True, **OPTIMIZER},
+                    scheduler={
+                        "_target_": "fingpt.optim.WarmupCosine",
+                        "warmup_steps": 10,
+                        "min_lr_ratio": 0.1,
+                    },
                     dataset_dir=str(folder),
                     tokens_per_byte=val["tokens"] / val["bytes"],
                     sample_tokens=0,
@@ -197,6 +226,7 @@ def main() -> None:
             block.attn = OriginalAttention(original.config)
         results["original attention"] = [plain_loop(original, batches, args.warmup)]
         alone = attention_alone(GPTConfig(**config), args.batch_size, args.steps)
+        loss = loss_alone(args.n_embd, manifest["vocab_size"], args.batch_size * args.block_size, args.steps)
 
     best = {name: max(values) for name, values in results.items()}
     size = f"{args.n_embd}/{args.n_head}/{args.n_layer}, block {args.block_size}, dropout {args.dropout}"
@@ -210,6 +240,11 @@ def main() -> None:
     print(
         f"  the attention layer alone, forward + backward: fused {alone['fused']:.0f} tokens/s, "
         f"original {alone['original']:.0f} = {alone['fused'] / alone['original']:.2f}x"
+    )
+    print(
+        f"the LM head and loss alone, forward + backward: chunked {loss['chunked']:.0f} tokens/s, "
+        f"F.cross_entropy over full logits {loss['full logits']:.0f} = "
+        f"{loss['chunked'] / loss['full logits']:.2f}x"
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import SumMetric
 
@@ -27,14 +28,6 @@ def batch_size(batch) -> int:
 
 def batch_tokens(batch) -> int:
     return batch[0].numel()
-
-
-def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
-    """Learning-rate multiplier: linear warmup, then cosine decay to min_lr_ratio at max_steps."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class GPTLitModule(L.LightningModule):
@@ -71,8 +64,10 @@ class GPTLitModule(L.LightningModule):
         return load_tokenizer(Path(self.hparams.dataset_dir) / "tokenizer.json")
 
     def configure_model(self) -> None:
-        if self.hparams.compile:
-            self.model.compile()  # in place: parameter names stay free of `_orig_mod.`
+        if self.hparams.compile:  # in place: parameter names stay free of `_orig_mod.`
+            torch.compiler.reset()  # a sweep's jobs share a process: each compiles afresh
+            for block in self.model.blocks:  # the blocks only: the loss's chunk loop stays eager
+                block.compile(dynamic=False)
 
     @property
     def flops_per_batch(self) -> int:
@@ -122,7 +117,8 @@ class GPTLitModule(L.LightningModule):
         if not loggers or self.hparams.sample_tokens < 1:
             return
         params = SamplingParams(max_new_tokens=self.hparams.sample_tokens, temperature=0.8, top_k=50, seed=0)
-        (completion,) = generate(self.model, self.tokenizer, [self.hparams.sample_prompt], params)
+        with torch.compiler.set_stance("force_eager"):  # compiled blocks are for training's shapes
+            (completion,) = generate(self.model, self.tokenizer, [self.hparams.sample_prompt], params)
         text = f"**{self.hparams.sample_prompt}**{completion.text}"
         for logger in loggers:
             logger.experiment.add_text("sample", text, self.global_step)
@@ -130,29 +126,24 @@ class GPTLitModule(L.LightningModule):
     def configure_optimizers(self):
         from hydra.utils import instantiate
 
-        # weight decay on the weights of Linear and Embedding layers, not on biases and LayerNorms;
-        # chosen by layer, not by shape, as FSDP has flattened the parameters it shards by now
-        layers = (torch.nn.Linear, torch.nn.Embedding)
-        matrices = {id(m.weight) for m in self.model.modules() if isinstance(m, layers)}
-        decayed = [p for p in self.model.parameters() if id(p) in matrices]
-        others = [p for p in self.model.parameters() if id(p) not in matrices]
-        optimizer_cfg = dict(self.hparams.optimizer)
-        groups = [
-            {"params": decayed, "weight_decay": optimizer_cfg.pop("weight_decay", 0.0)},
-            {"params": others, "weight_decay": 0.0},
-        ]
-        optimizer = instantiate(optimizer_cfg, _partial_=True)(groups)
-        s = self.hparams.scheduler
-        max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else 10**9
+        optimizer = instantiate(self.hparams.optimizer)(self.model)  # conf/optimizer: a factory
+        schedule = instantiate(self.hparams.scheduler)  # conf/scheduler: (step, progress) -> multiplier
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: schedule(step, self.progress(step))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-        def multiplier(step: int) -> float:
-            return warmup_cosine(step, s["warmup_steps"], max_steps, s["min_lr_ratio"])
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+    def progress(self, step: int) -> float:
+        """The fraction of the training budget spent after `step` optimizer steps: of
+        trainer.max_steps, or of trainer.max_time's wall time, whichever is further along."""
+        trainer = self.trainer
+        done = step / trainer.max_steps if trainer.max_steps > 0 else 0.0
+        for timer in (c for c in trainer.callbacks if isinstance(c, Timer)):
+            remaining = timer.time_remaining("train")
+            if remaining is not None:
+                elapsed = timer.time_elapsed("train")
+                done = max(done, elapsed / max(elapsed + remaining, 1e-9))
+        return min(1.0, done)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer"] = self.tokenizer.to_json()

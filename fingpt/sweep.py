@@ -12,7 +12,17 @@ from omegaconf import DictConfig
 
 from fingpt.export import point_latest
 
-COLUMNS = ("rank", "val_bpb", "val_loss", "steps", "wall_seconds", "overrides", "run")
+COLUMNS = (
+    "rank",
+    "val_bpb",
+    "val_loss",
+    "steps",
+    "tokens_per_second",
+    "parameters",
+    "wall_seconds",
+    "overrides",
+    "run",
+)
 
 
 def summarize(sweep_dir: Path) -> list[dict]:
@@ -30,12 +40,13 @@ def summarize(sweep_dir: Path) -> list[dict]:
     lines = [
         f"# Sweep {sweep_dir.name}: {len(rows)} runs, best val/bpb first",
         "",
-        "| rank | val/bpb | val/loss | steps | wall (s) | overrides |",
-        "|---:|---:|---:|---:|---:|---|",
+        "| rank | val/bpb | val/loss | steps | tokens/s | parameters | wall (s) | overrides |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     lines += [
         f"| {r['rank']} | {r['val_bpb']:.4f} | {r['val_loss']:.4f} | {r['steps']} | "
-        f"{r['wall_seconds']} | `{r['overrides']}` |"
+        f"{r.get('tokens_per_second', '')} | {r.get('parameters', '')} | {r['wall_seconds']} | "
+        f"`{r['overrides']}` |"
         for r in rows
     ]
     (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")

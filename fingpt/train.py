@@ -92,7 +92,9 @@ def train(cfg: DictConfig) -> float:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    fit_start = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    tokens_per_second = module.tokens_seen / (time.time() - fit_start)  # before loading the best
     if trainer.fast_dev_run:
         return float("nan")
 
@@ -122,6 +124,8 @@ def train(cfg: DictConfig) -> float:
             "val_bpb": val_bpb,
             "val_loss": float(metrics["val/loss"]),
             "steps": trainer.global_step,
+            "parameters": module.model.num_parameters(),
+            "tokens_per_second": round(tokens_per_second),  # resumed: over-counts the earlier tokens
             "wall_seconds": round(time.time() - start, 1),
             "best_checkpoint": best,
         }

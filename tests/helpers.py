@@ -38,6 +38,23 @@ class KillAt(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class ValidationCounter(Callback):
+    """Appends the number of windows each validation scored to a file, one line each."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.windows = 0
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.windows += batch[0].shape[0]
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            with self.path.open("a") as f:
+                f.write(f"{self.windows}\n")
+        self.windows = 0
+
+
 def read_records(path: Path, rank: int = 0) -> list[dict]:
     file = path.with_suffix(f".rank{rank}.jsonl")
     return [json.loads(line) for line in file.read_text().splitlines()]

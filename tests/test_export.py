@@ -121,3 +121,22 @@ def test_loading_a_bundle_imports_neither_lightning_nor_hydra(bundle):
 def test_a_bundle_is_readable_as_any_plain_file_is(bundle):
     # not the owner-only 0600 that safetensors and tempfile give: a server may run as another user
     assert permissions(bundle) == umask_permissions(bundle)
+
+
+def test_a_bundle_exported_before_the_layout_options_loads_as_the_gpt2_layout(bundle, tmp_path):
+    """config.json of earlier bundles has `activation` and none of pos_emb, norm, mlp, ...: the
+    model they describe is the GPT-2 layout, with the same logits."""
+    old = tmp_path / "old"
+    subprocess.run(["cp", "-r", str(bundle), str(old)], check=True)
+    config = json.loads((old / "config.json").read_text())
+    new_fields = ("mlp", "pos_emb", "rope_base", "norm", "qk_norm", "zero_init_proj", "logit_softcap")
+    config = {k: v for k, v in config.items() if k not in new_fields} | {"activation": "gelu"}
+    (old / "config.json").write_text(json.dumps(config))
+    card = json.loads((old / "card.json").read_text())
+    card["sha256"]["config.json"] = export_module._sha256(old / "config.json")
+    (old / "card.json").write_text(json.dumps(card))
+    loaded, current = load_model(old), load_model(bundle)
+    assert (loaded.model.config.pos_emb, loaded.model.config.mlp) == ("learned", "gelu")
+    idx = torch.randint(0, loaded.model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(idx)[0], current.model(idx)[0])

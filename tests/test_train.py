@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -11,8 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fingpt.checkpoint import load_model
 from fingpt.config import CONF_DIR
-from fingpt.lit_module import warmup_cosine
 from fingpt.model import GPT
+from fingpt.optim import WarmupCosine, WarmupStableDecay
 from fingpt.train import train
 from tests.conftest import compose, run_cli, train_config
 from tests.helpers import read_records
@@ -63,23 +64,46 @@ def test_seed_char_composes_to_the_original_hyperparameters():
     assert cfg.scheduler.warmup_steps == 0 and cfg.scheduler.min_lr_ratio == 1.0  # constant
     model = GPT(instantiate(cfg.model, vocab_size=94))  # the original's 94 characters
     assert model.num_parameters() == 10_715_998
-    assert (model.config.block_size, model.config.dropout, model.config.activation) == (
+    assert (model.config.block_size, model.config.dropout, model.config.mlp) == (
         8,
         0.2,
         "relu",
     )
 
 
-def test_the_schedule_warms_up_then_decays_to_its_floor():
-    lrs = [warmup_cosine(step, warmup_steps=10, max_steps=110, min_lr_ratio=0.1) for step in range(120)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert lrs[60] == pytest.approx(0.55)
+def test_the_cosine_schedule_warms_up_then_decays_to_its_floor_at_the_end_of_the_budget():
+    schedule = WarmupCosine(warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [schedule(step, progress=min(1.0, step / 110)) for step in range(120)]
+    assert lrs[0] == pytest.approx(0.1 * (0.1 + 0.9 * 0.5 * (1 + math.cos(0))))
+    assert lrs[9] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 9 / 110)))
+    assert lrs[55] == pytest.approx(0.55)  # half the budget: halfway down
     assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
 
 
-@pytest.mark.parametrize("size", ["tiny", "small", "medium", "gpt2"])
-def test_fast_dev_run_of_each_model_size(size, tmp_path, cache_dir):
+def test_the_wsd_schedule_holds_the_rate_then_decays_linearly_over_its_last_fraction():
+    schedule = WarmupStableDecay(warmup_steps=10, decay_fraction=0.2, min_lr_ratio=0.0)
+    lrs = [schedule(step, progress=step / 100) for step in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10:81] == pytest.approx([1.0] * 71)  # stable until 80% of the budget
+    assert lrs[90] == pytest.approx(0.5) and lrs[100] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "field", "value"),
+    [
+        (WarmupCosine, "warmup_steps", -1),
+        (WarmupCosine, "min_lr_ratio", 1.5),
+        (WarmupStableDecay, "decay_fraction", 0.0),
+    ],
+)
+def test_schedules_refuse_bad_settings_naming_them(schedule, field, value):
+    with pytest.raises(ValueError, match=f"scheduler.{field} must be"):
+        schedule(**{field: value})
+
+
+@pytest.mark.parametrize("size", sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+def test_fast_dev_run_of_each_model_preset(size, tmp_path, cache_dir):
     cfg = train_config(
         tmp_path, cache_dir, [f"model={size}", "debug=fast_dev_run", "data.loader.batch_size=2"]
     )
@@ -155,8 +179,10 @@ def test_a_two_job_multirun_writes_two_runs_and_a_summary(tmp_path, cache_dir):
     assert (models / "latest").resolve() == Path(best).resolve()
 
 
-def test_a_killed_run_resumes_at_the_same_step_with_the_same_batches(tmp_path, cache_dir):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_killed_run_resumes_at_the_same_step_with_the_same_batches(optimizer, tmp_path, cache_dir):
     common = [
+        f"optimizer={optimizer}",
         "trainer.max_steps=16",
         "trainer.val_check_interval=5",
         "+callbacks.recorder._target_=tests.helpers.BatchRecorder",
@@ -199,6 +225,44 @@ def test_a_killed_run_resumes_at_the_same_step_with_the_same_batches(tmp_path, c
         assert r["loss"] == pytest.approx(whole[r["step"]]["loss"], abs=1e-4)
     logged = scalars(tmp_path / "killed")
     assert max(step for step, _ in logged["val/bpb"]) == 16  # one run folder, one continued curve
+    assert resumed[-1]["loss"] < whole[0]["loss"] - 0.5
+
+
+def test_a_time_budget_ends_the_run_and_the_schedule_with_it(tmp_path, cache_dir):
+    cfg = train_config(
+        tmp_path,
+        cache_dir,
+        [
+            "trainer.max_steps=-1",
+            "trainer.max_time=00:00:00:08",
+            "trainer.val_check_interval=10",
+            "scheduler=wsd",
+            "scheduler.warmup_steps=2",
+            "scheduler.decay_fraction=0.5",
+        ],
+    )
+    train(cfg)
+    logged = scalars(Path(cfg.paths.output_dir))
+    lrs = [lr for _, lr in logged["lr-AdamW/pg1"]]
+    steps = json.loads((Path(cfg.paths.output_dir) / "result.json").read_text())["steps"]
+    assert steps >= 5 and max(lrs) == pytest.approx(cfg.optimizer.lr)  # >= 5: CI machines are slow
+    assert lrs[-1] < 0.25 * cfg.optimizer.lr  # decayed with the clock, not with max_steps (none)
+
+
+def test_validation_during_fit_scores_a_fixed_sample_and_after_fit_every_window(tmp_path, cache_dir):
+    from fingpt.data.datamodule import TranscriptDataModule
+
+    recorder = tmp_path / "val_windows.txt"
+    overrides = ["data.loader.val_windows=6", "trainer.limit_val_batches=1.0", "trainer.max_steps=4"]
+    overrides += [
+        "trainer.val_check_interval=2",
+        "+callbacks.counter._target_=tests.helpers.ValidationCounter",
+    ]
+    train(train_config(tmp_path, cache_dir, [*overrides, f"+callbacks.counter.path={recorder}"]))
+    counts = [int(n) for n in recorder.read_text().split()]
+    dataset_dir = next(Path(cache_dir).glob("sp500_sample-*"))
+    every = len(TranscriptDataModule(dataset_dir, block_size=32).val_dataloader().dataset)
+    assert counts == [6, 6, every]  # steps 2 and 4 in fit, then the best checkpoint on all of it
 
 
 def test_ddp_on_two_cpu_processes_trains_and_ranks_see_different_data(tmp_path, cache_dir):
@@ -294,28 +358,6 @@ def test_a_progress_bar_can_be_switched_off(tmp_path, cache_dir):
             ],
         )
     )
-
-
-def test_weight_decay_applies_to_the_weight_matrices_only():
-    import lightning as L
-
-    from fingpt.lit_module import GPTLitModule
-
-    module = GPTLitModule(
-        model={"vocab_size": 64, "block_size": 16, "n_embd": 32, "n_head": 2, "n_layer": 2},
-        optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.1},
-        scheduler={"warmup_steps": 1, "min_lr_ratio": 0.1},
-        dataset_dir="unused",
-        tokens_per_byte=0.3,
-    )
-    module.trainer = L.Trainer(max_steps=10, logger=False)
-    decayed, others = module.configure_optimizers()["optimizer"].param_groups
-    names = {id(p): n for n, p in module.model.named_parameters()}
-    assert (decayed["weight_decay"], others["weight_decay"]) == (0.1, 0.0)
-    assert {names[id(p)] for p in decayed["params"]} == {
-        n for n, p in module.model.named_parameters() if p.dim() == 2
-    }
-    assert "wte.weight" in names.values() and all(p.dim() == 1 for p in others["params"])
 
 
 def test_the_fsdp_trainer_wraps_each_block_and_keeps_parameter_names():

@@ -8,7 +8,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, get_worker_info
 
 from fingpt.data.prepare import load_manifest
 from fingpt.data.sources import DataError
@@ -115,13 +116,18 @@ class TranscriptDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        val_windows: int | None = None,
     ) -> None:
+        """`val_windows`: validate during fit on this many windows, spread evenly over the
+        validation split and the same each time, so validation can run often; `trainer.validate`
+        still scores every window. None: every window, always."""
         super().__init__()
         self.dataset_dir = Path(dataset_dir)
         self.manifest = load_manifest(self.dataset_dir)
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
+        self.val_windows = val_windows
 
     def shards(self, split: str) -> TokenShards:
         if split not in self.manifest["splits"]:
@@ -151,6 +157,10 @@ class TranscriptDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         windows = ValWindows(self.shards("validation"), self.block_size)
+        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if fitting and self.val_windows and self.val_windows < len(windows):
+            every = np.linspace(0, len(windows) - 1, self.val_windows).round().astype(int)
+            windows = Subset(windows, every.tolist())
         return DataLoader(
             windows,
             batch_size=self.val_batch_size,

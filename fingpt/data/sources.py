@@ -63,6 +63,10 @@ def _row_document(row: dict, index: int, text_column: str, name: str) -> Documen
     meta = {k: row[k] for k in ("symbol", "year", "quarter", "date", "company_name") if row.get(k)}
     if {"symbol", "year", "quarter"} <= meta.keys():
         doc_id = f"{meta['symbol']}-{meta['year']}-Q{meta['quarter']}"
+    elif {"symbol", "date"} <= meta.keys():  # MAEC: a call date, no fiscal quarter
+        doc_id = f"{meta['symbol']}-{meta['date']}"
+    elif row.get("call_id"):  # Earnings-21/22
+        doc_id = str(row["call_id"])
     else:
         doc_id = f"{name}:{index}"
     return Document(doc_id, row[text_column] or "", meta)
