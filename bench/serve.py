@@ -10,7 +10,8 @@
 4. decoding far past the context: rotary positions, whose cache slides one token per step, vs
    learned positions, whose cache is refilled every block_size / 4 tokens (context 256).
 
-    python bench/serve.py [--n-embd 384 --n-head 6 --n-layer 6 --tokens 128]   (needs '.[bench]')
+    python bench/serve.py [--n-embd 384 --n-head 6 --n-layer 6 --tokens 128] [--parts 4]
+    (needs '.[bench]')
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--tokens", type=int, default=128, help="tokens generated per request")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both models'")
+    parser.add_argument("--parts", default="1234", help="which of the four measurements to run")
     args = parser.parse_args()
 
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "sp500_sample" / "input.txt"
@@ -156,20 +158,40 @@ def main() -> None:
     )
     print(f"model {size}, {model.num_parameters() / 1e6:.1f}M parameters, {torch.get_num_threads()} threads")
 
-    ours, hf = vs_transformers(model, tokenizer, tokenizer.encode(PROMPT), args.tokens)
+    if "1" in args.parts:
+        single_stream(model, tokenizer, args.tokens)
+    if "2" in args.parts:
+        cache_vs_recompute(model, tokenizer)
+    if "3" in args.parts:
+        over_http(model, tokenizer, args.tokens)
+    if "4" in args.parts:
+        slide_vs_refill(config, tokenizer, dtype)
+
+
+def single_stream(model: GPT, tokenizer, tokens: int) -> None:
+    ours, hf = vs_transformers(model, tokenizer, tokenizer.encode(PROMPT), tokens)
     print(f"1. single stream: fingpt {ours:.0f} tokens/s, transformers GPT2LMHeadModel {hf:.0f} tokens/s")
     print(f"   = {ours / hf:.2f}x (goal >= 1.3x)")
+
+
+def cache_vs_recompute(model: GPT, tokenizer) -> None:
     cached, recomputed = vs_recompute(model, tokenizer, context=512, tokens=32)
     print(
         f"2. at 512 tokens of context: KV cache {cached:.0f} tokens/s, recomputing {recomputed:.0f} tokens/s"
     )
     print(f"   = {cached / recomputed:.1f}x (goal >= 5x)")
-    one, p50_1, p99_1 = concurrency(model, tokenizer, streams=1, requests=4, tokens=args.tokens)
-    many, p50_16, p99_16 = concurrency(model, tokenizer, streams=16, requests=32, tokens=args.tokens)
-    print(f"3. over HTTP, {args.tokens} tokens per request:")
+
+
+def over_http(model: GPT, tokenizer, tokens: int) -> None:
+    one, p50_1, p99_1 = concurrency(model, tokenizer, streams=1, requests=4, tokens=tokens)
+    many, p50_16, p99_16 = concurrency(model, tokenizer, streams=16, requests=32, tokens=tokens)
+    print(f"3. over HTTP, {tokens} tokens per request:")
     print(f"   1 stream:   {one:6.0f} tokens/s, latency p50 {p50_1:.2f} s, p99 {p99_1:.2f} s")
     print(f"   16 streams: {many:6.0f} tokens/s, latency p50 {p50_16:.2f} s, p99 {p99_16:.2f} s")
     print(f"   = {many / one:.1f}x (goal >= 6x)")
+
+
+def slide_vs_refill(config: GPTConfig, tokenizer, dtype: torch.dtype) -> None:
     rope, learned = sliding(config, tokenizer, tokens=1024, dtype=dtype)
     print("4. 1024 tokens generated with a context of 256 (the cache slides 768 times):")
     print(

@@ -33,6 +33,16 @@ def test_every_config_group_composes(override):
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
 
 
+@pytest.mark.parametrize("ablation", sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml")))
+def test_every_ablation_of_the_demo_builds_its_model_and_optimizer(ablation):
+    # an ablation swaps a group under the experiment's own settings: those must still apply
+    cfg = compose("train", ["experiment=cpu_demo", f"ablation={ablation}"])
+    model = GPT(instantiate(cfg.model, vocab_size=cfg.tokenizer.vocab_size))
+    optimizer = instantiate(cfg.optimizer)(model)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    assert instantiate(cfg.scheduler)(0, 0.0) > 0
+
+
 def test_the_sweep_and_tool_configs_compose():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
