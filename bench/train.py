@@ -68,7 +68,7 @@ class OriginalAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cached=None):
+    def forward(self, x, rope=None, cache=None):  # the block's call; the GPT-2 layout has no rope
         return self.dropout(self.proj(torch.cat([h(x) for h in self.heads], dim=-1)))
 
 
@@ -95,7 +95,7 @@ def loss_alone(n_embd: int, vocab_size: int, tokens: int, steps: int) -> dict[st
     h = torch.randn(tokens, n_embd, requires_grad=True)
     weight = (torch.randn(vocab_size, n_embd) * 0.02).requires_grad_()
     targets = torch.randint(0, vocab_size, (tokens,))
-    chunk = loss_chunk_rows(vocab_size, h.device)
+    chunk = loss_chunk_rows(vocab_size, n_embd, h.device)
     losses = {
         "chunked": lambda: LinearCrossEntropy.apply(h, weight, None, targets, None, chunk, True),
         "full logits": lambda: F.cross_entropy(h @ weight.T, targets),
