@@ -1,0 +1,139 @@
+"""fingpt's model in the layout of a Hugging Face transformers family, without importing it.
+
+`hf_family(config)` names the family a layout matches (or says which option has none), and
+`to_hf(model)` returns that family's `config.json` and its state dict, so that
+`AutoModelForCausalLM.from_pretrained` loads the weights with no custom code:
+
+- learned positions, LayerNorm, GELU or ReLU: GPT-2 (`GPT2LMHeadModel`; its Conv1D layers store
+  weights as (in, out), and a layout without biases gets zero biases);
+- rotary positions, RMSNorm, SwiGLU, no biases: Llama (`LlamaForCausalLM`), and with qk_norm
+  Qwen3 (`Qwen3ForCausalLM`). Our rotary pairs are Llama's (x[i], x[i + d/2]), so q and k need
+  no permutation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fingpt.model import GPT, NORM_EPS, GPTConfig
+
+
+def hf_family(config: GPTConfig) -> str:
+    """ "gpt2", "llama" or "qwen3"; a ValueError naming the option no family has."""
+    if config.logit_softcap is not None:
+        raise ValueError("logit_softcap has no Hugging Face equivalent: export a model without it")
+    if not config.tie_weights and config.bias:
+        raise ValueError("an untied LM head with a bias has no Hugging Face equivalent (bias: true)")
+    if config.pos_emb == "learned":
+        for name, value in (("norm", "rmsnorm"), ("mlp", "relu2"), ("mlp", "swiglu"), ("qk_norm", True)):
+            if getattr(config, name) == value:
+                raise ValueError(f"{name}={value} with learned positions has no Hugging Face family")
+        return "gpt2"
+    if config.norm != "rmsnorm" or config.mlp != "swiglu":
+        option = "norm=layernorm" if config.norm != "rmsnorm" else f"mlp={config.mlp}"
+        raise ValueError(
+            f"{option} with rotary positions has no Hugging Face family (Llama: rmsnorm, swiglu)"
+        )
+    if config.bias or config.qkv_bias:
+        raise ValueError("biases with rotary positions have no Hugging Face family: set bias: false")
+    return "qwen3" if config.qk_norm else "llama"
+
+
+def to_hf(model: GPT, eot_id: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The transformers `config.json` (as a dict) and state dict of `model`; `<|endoftext|>`
+    (the tokenizer's `eot_id`) is both its bos and eos, as in training."""
+    config = model.config
+    family = hf_family(config)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    if family == "gpt2":
+        hf_config, hf_state = _gpt2_config(config), _gpt2_state(config, state)
+    else:
+        hf_config, hf_state = _llama_config(config, family), _llama_state(config, family, state)
+    hf_config |= {
+        "vocab_size": config.vocab_size,
+        "tie_word_embeddings": config.tie_weights,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "torch_dtype": "float32",
+    }
+    return hf_config, hf_state
+
+
+def _gpt2_config(config: GPTConfig) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "n_positions": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": config.mlp_hidden,
+        # F.gelu is the exact (erf) GELU: transformers' "gelu", not GPT-2's "gelu_new" (tanh)
+        "activation_function": config.mlp,
+        "layer_norm_epsilon": NORM_EPS,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+    }
+
+
+def _gpt2_state(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {"transformer.wte.weight": state["wte.weight"], "transformer.wpe.weight": state["wpe.weight"]}
+    conv1d = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # weights stored (in, out)
+    for i in range(config.n_layer):
+        ours, theirs = f"blocks.{i}.", f"transformer.h.{i}."
+        for name in (*conv1d, "ln_1", "ln_2"):
+            weight = state[ours + name + ".weight"]
+            out[theirs + name + ".weight"] = weight.t().contiguous() if name in conv1d else weight
+            bias = state.get(ours + name + ".bias")
+            out[theirs + name + ".bias"] = bias if bias is not None else weight.new_zeros(weight.shape[0])
+    out["transformer.ln_f.weight"] = state["ln_f.weight"]
+    out["transformer.ln_f.bias"] = state.get("ln_f.bias", state["ln_f.weight"].new_zeros(config.n_embd))
+    if not config.tie_weights:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    return out
+
+
+def _llama_config(config: GPTConfig, family: str) -> dict:
+    return {
+        "architectures": ["Qwen3ForCausalLM" if family == "qwen3" else "LlamaForCausalLM"],
+        "model_type": family,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.mlp_hidden,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_head,
+        "head_dim": config.head_size,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": NORM_EPS,
+        "rope_theta": config.rope_base,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},
+        "attention_bias": False,
+        "mlp_bias": False,
+    }
+
+
+def _llama_state(config: GPTConfig, family: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {"model.embed_tokens.weight": state["wte.weight"], "model.norm.weight": state["ln_f.weight"]}
+    for i in range(config.n_layer):
+        ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
+        q, k, v = state[ours + "attn.c_attn.weight"].chunk(3, dim=0)
+        gate, up = state[ours + "mlp.c_fc.weight"].chunk(2, dim=0)
+        out |= {
+            theirs + "input_layernorm.weight": state[ours + "ln_1.weight"],
+            theirs + "self_attn.q_proj.weight": q,
+            theirs + "self_attn.k_proj.weight": k,
+            theirs + "self_attn.v_proj.weight": v,
+            theirs + "self_attn.o_proj.weight": state[ours + "attn.c_proj.weight"],
+            theirs + "post_attention_layernorm.weight": state[ours + "ln_2.weight"],
+            theirs + "mlp.gate_proj.weight": gate,
+            theirs + "mlp.up_proj.weight": up,
+            theirs + "mlp.down_proj.weight": state[ours + "mlp.c_proj.weight"],
+        }
+        if family == "qwen3":
+            out[theirs + "self_attn.q_norm.weight"] = state[ours + "attn.q_norm.weight"]
+            out[theirs + "self_attn.k_norm.weight"] = state[ours + "attn.k_norm.weight"]
+    if not config.tie_weights:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    return {name: tensor.contiguous() for name, tensor in out.items()}
