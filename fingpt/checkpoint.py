@@ -7,7 +7,6 @@ evaluation, export and the server share it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from fingpt.files import sha256
 from fingpt.model import GPT, GPTConfig
 from fingpt.tokenizer import Tokenizer, tokenizer_from_json
 
@@ -68,7 +68,7 @@ def load_bundle(folder: Path) -> LoadedModel:
     except (json.JSONDecodeError, KeyError) as e:
         raise ValueError(f"bundle {folder}: card.json is corrupt ({e}): export it again") from e
     for name, expected in checksums.items():
-        if hashlib.sha256((folder / name).read_bytes()).hexdigest() != expected:
+        if sha256(folder / name) != expected:
             raise ValueError(f"bundle {folder}: {name} is corrupt (its SHA-256 differs from card.json)")
     model = GPT(GPTConfig(**json.loads((folder / "config.json").read_text())))
     state = {k: v.float() for k, v in load_file(folder / "model.safetensors").items()}

@@ -2,22 +2,25 @@
 
     fingpt-export lightning_logs/RUN                 # its best checkpoint -> models/RUN
     fingpt-export path/to/x.ckpt --out models/mine --dtype bfloat16
+    fingpt-export lightning_logs/RUN --format hf     # -> models/RUN-hf, for transformers
 
 A bundle is a folder: `model.safetensors` (plain parameter names), `config.json` (GPTConfig),
 `tokenizer.json`, and `card.json` (val bpb, steps, tokens seen, data, training config, the
 SHA-256 of every other file). It is written to a temporary folder and renamed, so a crash never
 leaves a bundle that loads.
+
+`--format hf` writes what `transformers.AutoModelForCausalLM.from_pretrained` and
+`AutoTokenizer.from_pretrained` load with no custom code (fingpt/hf.py: GPT-2, Llama or Qwen3):
+`model.safetensors`, `config.json`, `generation_config.json`, `tokenizer.json`,
+`tokenizer_config.json`, and `fingpt_card.json` (the bundle's card and the SHA-256 of each file).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,13 +28,11 @@ import torch
 from safetensors.torch import save_file
 
 from fingpt.checkpoint import BUNDLE_FILES, load_model
-from fingpt.files import default_permissions
+from fingpt.files import replace_folder, sha256
+from fingpt.hf import to_hf
+from fingpt.tokenizer import EOT, BPETokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def export(source: str | Path, out: str | Path, dtype: str = "float32") -> Path:
@@ -46,11 +47,7 @@ def export(source: str | Path, out: str | Path, dtype: str = "float32") -> Path:
         for name, tensor in model.state_dict().items()
         if not (model.config.tie_weights and name == "lm_head.weight")
     }
-    if out.exists() and not (out / "card.json").is_file() and any(out.iterdir()):
-        raise ValueError(f"{out} exists and is not a bundle: choose another --out, or remove it first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with replace_folder(out, marker="card.json", kind="bundle") as tmp:
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "dtype": dtype})
         (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
         (tmp / "tokenizer.json").write_text(loaded.tokenizer.to_json())
@@ -62,19 +59,42 @@ def export(source: str | Path, out: str | Path, dtype: str = "float32") -> Path:
             **{k: v for k, v in loaded.info.items() if k != "hyper_parameters"},
             "training_config": loaded.info.get("hyper_parameters", {}).get("config"),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "sha256": {name: _sha256(tmp / name) for name in BUNDLE_FILES if name != "card.json"},
+            "sha256": {name: sha256(tmp / name) for name in BUNDLE_FILES if name != "card.json"},
         }
         (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str))
-        default_permissions(tmp)
-        if out.exists():  # swap in the new bundle, then drop the old one
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_hf(source: str | Path, out: str | Path) -> Path:
+    """Write `source` (a .ckpt, run folder or bundle) as a Hugging Face folder `out` (float32)."""
+    loaded = load_model(source)
+    model, tokenizer, out = loaded.model, loaded.tokenizer, Path(out)
+    if not isinstance(tokenizer, BPETokenizer):
+        raise ValueError("tokenizer=char has no Hugging Face tokenizer: export a model trained with BPE")
+    config, state = to_hf(model, tokenizer.eot_id)
+    with replace_folder(out, marker="fingpt_card.json", kind="Hugging Face export") as tmp:
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        generation = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
+        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2))
+        (tmp / "tokenizer.json").write_text(tokenizer.to_json())
+        tokenizer_config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": EOT,
+            "eos_token": EOT,
+            "model_max_length": model.config.block_size,
+            "clean_up_tokenization_spaces": False,
+        }
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+        card = {
+            "name": out.name,
+            "architecture": config["architectures"][0],
+            "parameters": model.num_parameters(),
+            **{k: v for k, v in loaded.info.items() if k != "hyper_parameters"},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "sha256": {f.name: sha256(f) for f in sorted(tmp.iterdir())},
+        }
+        (tmp / "fingpt_card.json").write_text(json.dumps(card, indent=2, default=str))
     return out
 
 
@@ -91,17 +111,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Export a fingpt checkpoint to a served bundle.")
     parser.add_argument("source", type=Path, help="a .ckpt file, or a run folder (its best checkpoint)")
     parser.add_argument("--out", type=Path, help="bundle folder (default: $FINGPT_MODELS_DIR/<run name>)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="the bundle's")
+    parser.add_argument("--format", default="bundle", choices=["bundle", "hf"], help="hf: for transformers")
     parser.add_argument("--no-latest", action="store_true", help="leave models/latest as it is")
     args = parser.parse_args(argv)
     run = args.source if args.source.is_dir() else args.source.parent.parent
-    out = args.out or Path(os.environ.get("FINGPT_MODELS_DIR", "models")) / run.name
+    suffix = "-hf" if args.format == "hf" else ""
+    out = args.out or Path(os.environ.get("FINGPT_MODELS_DIR", "models")) / f"{run.name}{suffix}"
     try:
-        bundle = export(args.source, out, args.dtype)
+        bundle = export_hf(args.source, out) if args.format == "hf" else export(args.source, out, args.dtype)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    if not args.no_latest:
+    if args.format == "bundle" and not args.no_latest:
         point_latest(bundle)
     print(bundle)
 

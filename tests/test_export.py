@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from fingpt import export as export_module
 from fingpt.checkpoint import load_model
 from fingpt.export import export, main
+from fingpt.files import sha256
 from tests.conftest import ROOT
 from tests.helpers import permissions, umask_permissions
 
@@ -133,7 +134,7 @@ def test_a_bundle_exported_before_the_layout_options_loads_as_the_gpt2_layout(bu
     config = {k: v for k, v in config.items() if k not in new_fields} | {"activation": "gelu"}
     (old / "config.json").write_text(json.dumps(config))
     card = json.loads((old / "card.json").read_text())
-    card["sha256"]["config.json"] = export_module._sha256(old / "config.json")
+    card["sha256"]["config.json"] = sha256(old / "config.json")
     (old / "card.json").write_text(json.dumps(card))
     loaded, current = load_model(old), load_model(bundle)
     assert (loaded.model.config.pos_emb, loaded.model.config.mlp) == ("learned", "gelu")

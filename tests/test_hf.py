@@ -1,9 +1,16 @@
+import json
+
 import pytest
 import torch
 import transformers
 
+from fingpt.checkpoint import load_model
+from fingpt.export import main
+from fingpt.files import sha256
+from fingpt.generation import SamplingParams, generate
 from fingpt.hf import hf_family, to_hf
 from fingpt.model import GPT, GPTConfig
+from tests.conftest import ROOT
 
 SIZE = {"vocab_size": 97, "block_size": 32, "n_embd": 48, "n_head": 4, "n_layer": 2, "dropout": 0.0}
 FAMILIES = {
@@ -37,6 +44,21 @@ def test_the_hf_model_gives_fingpts_logits(name):
         ours, _ = model(idx)
         theirs = hf_model(idx).logits
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    # greedy decoding through fingpt's KV cache and through transformers' own
+    new = SIZE["block_size"] - 1
+    prompt = idx[0, :1]
+    (completion,) = generate(model, ByteIds(), [prompt.tolist()], SamplingParams(new, temperature=0.0))
+    hf_ids = hf_model.generate(prompt[None], max_new_tokens=new, do_sample=False, eos_token_id=None)
+    assert hf_ids[0, 1:].tolist() == completion.tokens and len(completion.tokens) == new
+
+
+class ByteIds:
+    """The little of a tokenizer the sampler needs for a vocabulary of random ids."""
+
+    eot_id = None
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return b"x"
 
 
 @pytest.mark.parametrize(
@@ -51,3 +73,61 @@ def test_the_hf_model_gives_fingpts_logits(name):
 def test_a_layout_without_a_family_is_refused_naming_the_option(layout, message):
     with pytest.raises(ValueError, match=message):
         hf_family(GPTConfig(**SIZE, **layout))
+
+
+# --- the exported folder, loaded as transformers would ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_folder(bundle, tmp_path_factory, monkeypatch_module):
+    out = tmp_path_factory.mktemp("hf") / "tiny-hf"
+    main([str(bundle), "--format", "hf", "--out", str(out)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")  # from_pretrained must need nothing from the network
+        yield mp
+
+
+def test_transformers_loads_the_export_and_gives_fingpts_logits_and_greedy_tokens(bundle, hf_folder):
+    ours = load_model(bundle)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder).eval()
+    assert type(hf_model).__name__ == "GPT2LMHeadModel"
+    idx = torch.randint(0, ours.model.config.vocab_size, (2, ours.model.config.block_size))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(idx).logits, ours.model(idx)[0], atol=1e-4, rtol=0)
+    prompt = ours.tokenizer.encode("Operator:")
+    new = ours.model.config.block_size - len(prompt)  # GPT-2's positions end at its context
+    greedy = SamplingParams(max_new_tokens=new, temperature=0.0, ignore_eos=True)
+    (completion,) = generate(ours.model, ours.tokenizer, [prompt], greedy)
+    hf_ids = hf_model.generate(
+        torch.tensor([prompt]), max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
+    )
+    assert new >= 28 and hf_ids[0, len(prompt) :].tolist() == completion.tokens
+
+
+def test_the_exported_tokenizer_gives_fingpts_ids_on_real_calls(bundle, hf_folder, cache_dir):
+    ours = load_model(bundle).tokenizer
+    theirs = transformers.AutoTokenizer.from_pretrained(hf_folder)
+    assert theirs.bos_token == theirs.eos_token == "<|endoftext|>"
+    assert theirs.eos_token_id == ours.eot_id
+    calls = (ROOT.parent / "shared" / "data" / "sp500_sample" / "input.txt").read_text()[:200_000]
+    for call in calls.split("--- NEXT EARNINGS CALL ---")[:5]:
+        assert theirs(call)["input_ids"] == ours.encode(call)
+
+
+def test_the_export_keeps_checksums_and_never_overwrites_what_is_not_an_export(bundle, hf_folder, tmp_path):
+    card = json.loads((hf_folder / "fingpt_card.json").read_text())
+    assert card["architecture"] == "GPT2LMHeadModel"
+    assert set(card["sha256"]) == {p.name for p in hf_folder.iterdir()} - {"fingpt_card.json"}
+    assert card["sha256"]["model.safetensors"] == sha256(hf_folder / "model.safetensors")
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(bundle), "--format", "hf", "--out", str(keep)])
+    assert exit_info.value.code == 2 and (keep / "notes.txt").read_text() == "mine"
+    main([str(bundle), "--format", "hf", "--out", str(hf_folder)])  # an export is replaced
