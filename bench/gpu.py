@@ -39,7 +39,7 @@ def run_case(model: str, compile: bool, steps: int, overrides: list[str], log_di
         "~callbacks.best",
         "~callbacks.periodic",
         "logger=csv",
-        "export=false",
+        "export.format=none",
         "sample.tokens=0",
         f"paths.log_dir={log_dir}",
         f"run_name={name}",

@@ -31,7 +31,8 @@ from fingpt.config import CONF_DIR
 from fingpt.data.datamodule import TranscriptDataModule
 from fingpt.data.prepare import load_manifest, prepare
 from fingpt.data.sources import DataError
-from fingpt.export import export, point_latest
+from fingpt.export import export, export_hf, point_latest
+from fingpt.hf import hf_family
 from fingpt.lit_module import GPTLitModule
 
 
@@ -65,6 +66,10 @@ def train(cfg: DictConfig) -> float:
     dataset_dir = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
     manifest = load_manifest(dataset_dir)
     model_config = instantiate(cfg.model, vocab_size=manifest["vocab_size"])
+    if cfg.export.format not in ("bundle", "hf", "none"):
+        raise ValueError(f"export.format must be bundle, hf or none, got {cfg.export.format!r}")
+    if cfg.export.format == "hf":  # before training: a layout without a family is refused now
+        hf_family(model_config)
     datamodule = TranscriptDataModule(
         dataset_dir, block_size=model_config.block_size, seed=cfg.seed, **cfg.data.loader
     )
@@ -129,7 +134,7 @@ def train(cfg: DictConfig) -> float:
             "wall_seconds": round(time.time() - start, 1),
             "best_checkpoint": best,
         }
-        if cfg.export and best:
+        if cfg.export.format != "none" and best:
             # a sweep's job folders are numbers: its bundles are <sweep>-<job>, and models/latest
             # points at the best job once the sweep ends (fingpt.sweep), not at the last one
             sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -138,6 +143,8 @@ def train(cfg: DictConfig) -> float:
             if not sweep:
                 point_latest(bundle)
             result["bundle"] = str(bundle)
+            if cfg.export.format == "hf":
+                result["hf"] = str(export_hf(best, bundle.with_name(f"{bundle.name}-hf")))
         (output_dir / "result.json").write_text(json.dumps(result, indent=2))
         print(f"val/bpb {val_bpb:.4f} at step {trainer.global_step} ({best or 'final weights'})")
     return val_bpb
@@ -147,6 +154,6 @@ def train(cfg: DictConfig) -> float:
 def main(cfg: DictConfig) -> float:
     try:
         return train(cfg)
-    except (DataError, FileNotFoundError) as e:  # the user's input: one line
+    except (DataError, FileNotFoundError, ValueError) as e:  # the user's input: one line
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from fingpt.files import sha256
 from fingpt.generation import SamplingParams, generate
 from fingpt.hf import hf_family, to_hf
 from fingpt.model import GPT, GPTConfig
-from tests.conftest import ROOT
+from fingpt.train import train
+from tests.conftest import ROOT, train_config
 
 SIZE = {"vocab_size": 97, "block_size": 32, "n_embd": 48, "n_head": 4, "n_layer": 2, "dropout": 0.0}
 FAMILIES = {
@@ -131,3 +133,14 @@ def test_the_export_keeps_checksums_and_never_overwrites_what_is_not_an_export(b
         main([str(bundle), "--format", "hf", "--out", str(keep)])
     assert exit_info.value.code == 2 and (keep / "notes.txt").read_text() == "mine"
     main([str(bundle), "--format", "hf", "--out", str(hf_folder)])  # an export is replaced
+
+
+def test_a_run_with_export_format_hf_writes_its_bundle_and_its_hf_folder(tmp_path, cache_dir):
+    overrides = ["trainer.max_steps=2", "trainer.val_check_interval=2", "export.format=hf"]
+    cfg = train_config(tmp_path, cache_dir, overrides)
+    train(cfg)
+    result = json.loads((Path(cfg.paths.output_dir) / "result.json").read_text())
+    assert Path(result["hf"]).name == Path(result["bundle"]).name + "-hf"
+    assert load_model(result["bundle"]).model.config.n_embd == 96
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(result["hf"])
+    assert type(hf_model).__name__ == "GPT2LMHeadModel" and hf_model.config.n_embd == 96

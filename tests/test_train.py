@@ -339,6 +339,8 @@ def test_user_errors_in_train_py_are_one_line_and_exit_2(tmp_path, cache_dir):
     for args, message in (
         (["data=local"], "data 'local' needs data.path"),
         (["ckpt_path=last"], "ckpt_path=last: no checkpoints/last.ckpt under"),
+        (["export.format=hf", "model.logit_softcap=15"], "logit_softcap has no Hugging Face equivalent"),
+        (["export.format=zip"], "export.format must be bundle, hf or none, got 'zip'"),
     ):
         proc = run_cli(args, tmp_path, cache_dir, check=False)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
