@@ -373,14 +373,7 @@ class GPT(nn.Module):
                 f"sequence length {T} exceeds block_size {self.config.block_size}: "
                 "crop the input, or decode with a KVCache, which slides the context"
             )
-        pos = torch.arange(T, device=idx.device)
-        x = self.wte(idx)
-        rope = None
-        if self.wpe is not None:
-            x = x + self.wpe(pos)
-        else:
-            rope = rotary(pos, self.config.head_size, self.config.rope_base)
-        x = self.drop(x)
+        x, rope = self._embed(idx, torch.arange(T, device=idx.device))
         for block in self.blocks:
             x = block(x, rope)
         x = self.ln_f(x)
@@ -399,6 +392,14 @@ class GPT(nn.Module):
             torch.is_grad_enabled(),
         )
         return None, loss
+
+    def _embed(self, idx: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+        """Token embeddings at `positions`: plus learned position vectors, or with the rotary
+        tables the attention layers apply to queries and keys."""
+        x = self.wte(idx)
+        if self.wpe is not None:
+            return self.drop(x + self.wpe(positions)), None
+        return self.drop(x), rotary(positions, self.config.head_size, self.config.rope_base)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(x)
@@ -430,13 +431,7 @@ class GPT(nn.Module):
         mask = (used[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # (R, 1, T, S)
         if T > 1 and not cache.lengths[rows].any():
             mask = None  # every row starts empty: plain causal attention, the fast kernels
-        x = self.wte(idx)
-        rope = None
-        if self.wpe is not None:
-            x = x + self.wpe(positions)
-        else:
-            rope = rotary(positions, self.config.head_size, self.config.rope_base)
-        x = self.drop(x)
+        x, rope = self._embed(idx, positions)
         for i, block_ in enumerate(self.blocks):
             x = block_(x, rope, cache.layer(i, rows, slots, mask))
         cache.tokens[rows[:, None], slots] = idx
