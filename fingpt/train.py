@@ -57,6 +57,8 @@ def resolve_checkpoint(ckpt_path: str | None, log_dir: Path, run_dir: Path) -> P
 
 def train(cfg: DictConfig) -> float:
     start = time.time()
+    if cfg.export.format not in ("bundle", "hf", "none"):
+        raise ValueError(f"export.format must be bundle, hf or none, got {cfg.export.format!r}")
     L.seed_everything(cfg.seed, workers=True)
     resume = resolve_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), Path(cfg.paths.output_dir))
     if resume is not None:  # keep writing into the resumed run's folder: one curve, one run
@@ -66,8 +68,6 @@ def train(cfg: DictConfig) -> float:
     dataset_dir = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
     manifest = load_manifest(dataset_dir)
     model_config = instantiate(cfg.model, vocab_size=manifest["vocab_size"])
-    if cfg.export.format not in ("bundle", "hf", "none"):
-        raise ValueError(f"export.format must be bundle, hf or none, got {cfg.export.format!r}")
     if cfg.export.format == "hf":  # before training: a layout without a family is refused now
         hf_family(model_config)
     datamodule = TranscriptDataModule(
@@ -144,7 +144,8 @@ def train(cfg: DictConfig) -> float:
                 point_latest(bundle)
             result["bundle"] = str(bundle)
             if cfg.export.format == "hf":
-                result["hf"] = str(export_hf(best, bundle.with_name(f"{bundle.name}-hf")))
+                # from the bundle just written: cheaper than loading the .ckpt again
+                result["hf"] = str(export_hf(bundle, bundle.with_name(f"{bundle.name}-hf")))
         (output_dir / "result.json").write_text(json.dumps(result, indent=2))
         print(f"val/bpb {val_bpb:.4f} at step {trainer.global_step} ({best or 'final weights'})")
     return val_bpb
