@@ -77,15 +77,8 @@ def attention_alone(config: GPTConfig, batch_size: int, steps: int) -> dict[str,
     torch.manual_seed(0)
     x = torch.randn(batch_size, config.block_size, config.n_embd, requires_grad=True)
     layers = {"fused": CausalSelfAttention(config), "original": OriginalAttention(config)}
-    best = dict.fromkeys(layers, 0.0)
-    for _ in range(2):  # interleaved, best of two
-        for name, layer in layers.items():
-            layer(x).sum().backward()  # warm up
-            start = time.perf_counter()
-            for _ in range(steps):
-                layer(x).sum().backward()
-            best[name] = max(best[name], steps * x.shape[0] * x.shape[1] / (time.perf_counter() - start))
-    return best
+    steps_of = {name: (lambda layer=layer: layer(x).sum().backward()) for name, layer in layers.items()}
+    return best_of_two(steps_of, steps, x.shape[0] * x.shape[1])
 
 
 def loss_alone(n_embd: int, vocab_size: int, tokens: int, steps: int) -> dict[str, float]:
@@ -97,17 +90,22 @@ def loss_alone(n_embd: int, vocab_size: int, tokens: int, steps: int) -> dict[st
     targets = torch.randint(0, vocab_size, (tokens,))
     chunk = loss_chunk_rows(vocab_size, n_embd, h.device)
     losses = {
-        "chunked": lambda: LinearCrossEntropy.apply(h, weight, None, targets, None, chunk, True),
-        "full logits": lambda: F.cross_entropy(h @ weight.T, targets),
+        "chunked": lambda: LinearCrossEntropy.apply(h, weight, None, targets, None, chunk, True).backward(),
+        "full logits": lambda: F.cross_entropy(h @ weight.T, targets).backward(),
     }
-    best = dict.fromkeys(losses, 0.0)
-    for _ in range(2):  # interleaved, best of two
-        for name, loss in losses.items():
-            loss().backward()  # warm up
+    return best_of_two(losses, steps, tokens)
+
+
+def best_of_two(steps_of: dict, steps: int, tokens_per_step: int) -> dict[str, float]:
+    """Tokens/s of each `steps_of[name]()` (forward + backward), interleaved, best of two."""
+    best = dict.fromkeys(steps_of, 0.0)
+    for _ in range(2):
+        for name, step in steps_of.items():
+            step()  # warm up
             start = time.perf_counter()
             for _ in range(steps):
-                loss().backward()
-            best[name] = max(best[name], steps * tokens / (time.perf_counter() - start))
+                step()
+            best[name] = max(best[name], steps * tokens_per_step / (time.perf_counter() - start))
     return best
 
 
