@@ -1,0 +1,31 @@
+"""The data of the fingpt_calls task: calls read by fingpt's own readers, so lm-eval scores the
+same texts as fingpt-evaluate does."""
+
+import re
+
+import datasets
+
+from fingpt.data.sources import DataError, from_path
+
+
+def load(path: str | None = None, text_column: str = "content", **_) -> datasets.DatasetDict:
+    """Every call of `path` as the test split; lm-eval also passes its model arguments here."""
+    if not path:
+        raise DataError(
+            'fingpt_calls needs a file of calls to score: add --metadata \'{"path": "calls.parquet"}\''
+        )
+    texts = [doc.text for doc in from_path(path, text_column=text_column)]
+    if not texts:
+        raise DataError(f"{path}: no calls to score")
+    return datasets.DatasetDict({"test": datasets.Dataset.from_dict({"text": texts})})
+
+
+def process_results(doc: dict, results: list[float]) -> dict:
+    (loglikelihood,) = results  # natural log, summed over the call's tokens
+    words = len(re.split(r"\s+", doc["text"]))
+    n_bytes = len(doc["text"].encode("utf-8"))
+    return {
+        "word_perplexity": (loglikelihood, words),
+        "byte_perplexity": (loglikelihood, n_bytes),
+        "bits_per_byte": (loglikelihood, n_bytes),
+    }

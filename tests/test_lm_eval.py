@@ -1,0 +1,86 @@
+"""evals/fingpt_calls through lm-evaluation-harness's own command line, offline, both ways a
+user runs it: on the Hugging Face export, and against fingpt-serve's completions API."""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from fingpt.data.sources import DataError
+from fingpt.evaluate import evaluate
+from fingpt.export import export_hf
+from serving.app import BackgroundServer, Settings, create_app
+from tests.conftest import ROOT, compose
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def calls(sp500_calls, tmp_path_factory):
+    """Three real calls as a .jsonl file."""
+    path = tmp_path_factory.mktemp("calls") / "calls.jsonl"
+    path.write_text("".join(json.dumps({"content": text}) + "\n" for text in sp500_calls[:3]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fingpt_bpb(bundle, calls):
+    """fingpt-evaluate's bits per byte with non-overlapping windows (stride = context)."""
+    cfg = compose("evaluate", [f"model_path={bundle}", f"data.path={calls}", "stride=32"])
+    return evaluate(cfg).bpb
+
+
+def lm_eval(model: str, model_args: str, calls, out, *extra: str) -> dict:
+    cmd = [
+        *(sys.executable, "-m", "lm_eval", "--model", model, "--model_args", model_args),
+        *("--include_path", "evals", "--tasks", "fingpt_calls", "--batch_size", "8"),
+        *("--metadata", json.dumps({"path": str(calls)}), "--output_path", str(out)),
+        *extra,
+    ]
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (results,) = out.rglob("results_*.json")
+    return json.loads(results.read_text())["results"]["fingpt_calls"]
+
+
+def test_lm_eval_on_the_hf_export_gives_fingpt_evaluates_bits_per_byte(bundle, calls, fingpt_bpb, tmp_path):
+    folder = export_hf(bundle, tmp_path / "hf")
+    scores = lm_eval("hf", f"pretrained={folder},dtype=float32", calls, tmp_path / "out", "--device", "cpu")
+    # the same windows as fingpt-evaluate's: <|endoftext|> then the call, cut every 32 tokens
+    assert scores["bits_per_byte,none"] == pytest.approx(fingpt_bpb, rel=1e-5)
+    assert scores["byte_perplexity,none"] == pytest.approx(2 ** scores["bits_per_byte,none"], rel=1e-9)
+    assert scores["word_perplexity,none"] > scores["byte_perplexity,none"]
+
+
+def test_lm_eval_via_fingpt_serve_gives_fingpt_evaluates_bpb(bundle, calls, fingpt_bpb, tmp_path):
+    folder = export_hf(bundle, tmp_path / "hf")  # lm-eval cuts the windows with this tokenizer
+    with BackgroundServer(create_app(Settings(model=str(bundle), device="cpu"))) as server:
+        model_args = (
+            f"base_url={server.url}/v1/completions,tokenizer={folder},"
+            "tokenizer_backend=huggingface,max_length=32"
+        )
+        scores = lm_eval("local-completions", model_args, calls, tmp_path / "out")
+        metrics = httpx.get(server.url + "/metrics").text
+    # windows of 31 scored tokens (one prompt token is context), not 32: README, Evaluation
+    assert scores["bits_per_byte,none"] == pytest.approx(fingpt_bpb, rel=0.005)
+    answered = re.findall(r'fingpt_requests_total\{path="/v1/completions",status="(\d+)"\} (\S+)', metrics)
+    assert [status for status, _ in answered] == ["200"] and float(answered[0][1]) > 0
+
+
+def test_the_task_without_a_file_of_calls_says_how_to_give_one(tmp_path):
+    spec = importlib.util.spec_from_file_location("calls", ROOT / "evals" / "calls.py")
+    calls = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(calls)
+    with pytest.raises(DataError, match=r"""add --metadata '\{"path": "calls.parquet"\}'"""):
+        calls.load(pretrained="models/x-hf")  # lm-eval passes its model arguments along
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="empty.jsonl: no calls to score"):
+        calls.load(path=str(tmp_path / "empty.jsonl"))
+    (tmp_path / "two.jsonl").write_text('{"content": "Operator: Hello."}\n{"content": "EPS $1.02."}\n')
+    assert calls.load(path=str(tmp_path / "two.jsonl"))["test"]["text"] == ["Operator: Hello.", "EPS $1.02."]
