@@ -1,14 +1,17 @@
 """After a multirun: one table of its jobs, best val/bpb first (sweep_summary.md and .csv), and
-models/latest pointed at the best job's bundle."""
+models/latest pointed at the best job's bundle. An Optuna search with a storage also gets a table
+of every trial of its study, whichever process ran it (study_summary.md and .csv, one folder up)."""
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fingpt.export import point_latest
 
@@ -23,6 +26,7 @@ COLUMNS = (
     "overrides",
     "run",
 )
+STUDY_COLUMNS = ("trial", "state", "val_bpb", "overrides", "run")
 
 
 def summarize(sweep_dir: Path) -> list[dict]:
@@ -53,12 +57,97 @@ def summarize(sweep_dir: Path) -> list[dict]:
     return rows
 
 
+def open_storage(url: str, attempts: int = 10) -> None:
+    """Create an Optuna database's tables if it has none. Processes that start at once on a new
+    database race to create them; the losers fail (table exists, duplicate version row) and retry."""
+    from optuna.storages import RDBStorage
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if url.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+        Path(url.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(attempts):
+        try:
+            RDBStorage(url)
+            return
+        except SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+
+
+def study_rows(storage: str, study_name: str, folder: Path) -> list[dict]:
+    """Every trial of the study, from its storage, best val/bpb first, then the unfinished ones;
+    with the run folder of each trial whose result.json is in a sweep under `folder`."""
+    import optuna
+
+    results = [json.loads(p.read_text()) for p in sorted(folder.glob("*/*/result.json"))]
+    rows = []
+    for trial in optuna.load_study(study_name=study_name, storage=storage).trials:
+        params = [f"{k}={v}" for k, v in trial.params.items()]  # as the sweeper wrote the overrides
+        run = next((r for r in results if set(params) <= set(r["overrides"])), {})
+        rows.append(
+            {
+                "trial": trial.number,
+                "state": trial.state.name,
+                "val_bpb": trial.value,
+                "overrides": " ".join(params),
+                "run": run.get("run", ""),
+                "bundle": run.get("bundle"),
+            }
+        )
+    rows.sort(key=lambda r: (r["val_bpb"] is None, r["val_bpb"] or 0.0, r["trial"]))
+    return rows
+
+
+def summarize_study(storage: str, study_name: str, folder: Path) -> list[dict]:
+    """Write study_summary.md and .csv in folder, return the rows."""
+    # every process that shares the study writes them as it ends, one at a time: the last to
+    # write reads the storage after all the others told it their last results
+    with (folder / ".study_summary.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = study_rows(storage, study_name, folder)
+        with (folder / "study_summary.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=STUDY_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        complete = sum(r["state"] == "COMPLETE" for r in rows)
+        lines = [
+            f"# Study {study_name}: {len(rows)} trials, {complete} complete, best val/bpb first",
+            "",
+            "| trial | state | val/bpb | overrides | run |",
+            "|---:|---|---:|---|---|",
+        ]
+        lines += [
+            f"| {r['trial']} | {r['state']} | "
+            f"{'' if r['val_bpb'] is None else format(r['val_bpb'], '.4f')} | `{r['overrides']}` | "
+            f"{r['run']} |"
+            for r in rows
+        ]
+        (folder / "study_summary.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        storage = OmegaConf.select(config, "hydra.sweeper.storage")
+        if storage:  # before the sweeper opens it
+            open_storage(storage)
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            rows = summarize(sweep_dir)
-            print((sweep_dir / "sweep_summary.md").read_text())
-            if rows and rows[0].get("bundle"):
-                point_latest(Path(rows[0]["bundle"]))
-                print(f"models/latest: {rows[0]['bundle']}, the best run of the sweep")
+        if not sweep_dir.is_dir():
+            return
+        rows = summarize(sweep_dir)
+        print((sweep_dir / "sweep_summary.md").read_text())
+        best = rows[0] if rows else {}
+        what = "the best run of the sweep"
+        storage = OmegaConf.select(config, "hydra.sweeper.storage")
+        study_name = OmegaConf.select(config, "hydra.sweeper.study_name")
+        if storage and study_name:
+            study = summarize_study(storage, study_name, sweep_dir.parent)
+            print((sweep_dir.parent / "study_summary.md").read_text())
+            if study and study[0].get("bundle"):
+                best, what = study[0], "the best trial of the study"
+        if best.get("bundle"):
+            point_latest(Path(best["bundle"]))
+            print(f"models/latest: {best['bundle']}, {what}")

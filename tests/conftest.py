@@ -90,9 +90,9 @@ def train_config(tmp_path, cache_dir, overrides: list[str]):
     return cfg
 
 
-def run_cli(args: list[str], tmp_path, cache_dir, check: bool = True, timeout: int = 300):
-    """`python train.py ARGS` in a fresh process, with the fast settings and a private log dir."""
-    import subprocess
+def cli(args: list[str], tmp_path, cache_dir) -> tuple[list[str], dict]:
+    """The command and environment of `python train.py ARGS` with the fast settings and a private
+    log dir, to run in ROOT."""
     import sys
 
     env = {**os.environ, "FINGPT_DATA_DIR": str(DATA_DIR), "PYTHONPATH": str(ROOT)}
@@ -104,6 +104,14 @@ def run_cli(args: list[str], tmp_path, cache_dir, check: bool = True, timeout: i
         f"paths.cache_dir={cache_dir}",
         f"paths.log_dir={tmp_path}",
     ]
+    return cmd, env
+
+
+def run_cli(args: list[str], tmp_path, cache_dir, check: bool = True, timeout: int = 300):
+    """`python train.py ARGS` in a fresh process, with the fast settings and a private log dir."""
+    import subprocess
+
+    cmd, env = cli(args, tmp_path, cache_dir)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         output = f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

@@ -166,29 +166,6 @@ def test_a_checkpoint_alone_rebuilds_the_model_and_its_tokenizer(trained_run):
     assert loaded.info["steps"] == 12 and loaded.info["val_bpb"] > 0
 
 
-def test_a_two_job_multirun_writes_two_runs_and_a_summary(tmp_path, cache_dir):
-    proc = run_cli(
-        ["-m", "model.dropout=0.0,0.1", "trainer.max_steps=3", "trainer.val_check_interval=3"],
-        tmp_path,
-        cache_dir,
-    )
-    (sweep,) = (tmp_path / "multirun").iterdir()
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert len(jobs) == 2 and all((job / "result.json").is_file() for job in jobs)
-    with (sweep / "sweep_summary.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert [r["rank"] for r in rows] == ["1", "2"]
-    assert sorted(r["overrides"] for r in rows) == ["model.dropout=0.0", "model.dropout=0.1"]
-    assert float(rows[0]["val_bpb"]) <= float(rows[1]["val_bpb"])
-    assert "| rank | val/bpb |" in (sweep / "sweep_summary.md").read_text()
-    assert "sweep_summary" not in proc.stderr and "| 1 |" in proc.stdout
-    # each job exported as <sweep>-<job>; models/latest is the best job's, not the last one's
-    models = Path(os.environ["FINGPT_MODELS_DIR"])
-    best = json.loads((Path(rows[0]["run"]) / "result.json").read_text())["bundle"]
-    assert {f"{sweep.name}-0", f"{sweep.name}-1"} <= {p.name for p in models.iterdir()}
-    assert (models / "latest").resolve() == Path(best).resolve()
-
-
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_a_killed_run_resumes_at_the_same_step_with_the_same_batches(optimizer, tmp_path, cache_dir):
     common = [
@@ -293,25 +270,6 @@ def test_ddp_on_two_cpu_processes_trains_and_ranks_see_different_data(tmp_path, 
     windows0 = {tuple(w) for r in rank0 for w in r["batch"]}
     windows1 = {tuple(w) for r in rank1 for w in r["batch"]}
     assert not windows0 & windows1
-
-
-def test_an_optuna_search_runs_its_trials_and_summarizes_them(tmp_path, cache_dir):
-    run_cli(
-        [
-            "-m",
-            "hparams_search=optuna",
-            "hydra.sweeper.n_trials=2",
-            "hydra.sweeper.sampler.n_startup_trials=2",
-            "trainer.max_steps=3",
-            "trainer.val_check_interval=3",
-        ],
-        tmp_path,
-        cache_dir,
-    )
-    (sweep,) = (tmp_path / "multirun").iterdir()
-    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
-    assert len(rows) == 2 and all("optimizer.lr=" in r["overrides"] for r in rows)
-    assert "best_value" in (sweep / "optimization_results.yaml").read_text()
 
 
 def test_the_csv_logger_gets_the_curves_and_the_final_score(tmp_path, cache_dir):
