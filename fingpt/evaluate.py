@@ -6,8 +6,9 @@
 
 Every call is tokenized with the model's own tokenizer, preceded by <|endoftext|> as in
 training, and every one of its tokens is scored once: windows of block_size tokens slide by
-`stride`, each scoring only the tokens the previous window did not, so all but the first
-block_size tokens of a call are predicted from at least block_size - stride tokens of context.
+`stride` (the last one ends at the call's end), each scoring only the tokens the previous window
+did not, so all but the first block_size tokens of a call are predicted from at least
+block_size - stride tokens of context.
 bpb = summed negative log-likelihood / ln 2 / UTF-8 bytes of the calls.
 """
 
@@ -40,10 +41,12 @@ class Score:
 
 
 def windows(ids: list[int], block_size: int, stride: int) -> Iterator[tuple[list[int], list[int]]]:
-    """(inputs, targets) of each window over one call; targets already scored are -100."""
+    """(inputs, targets) of each window over one call; targets already scored are -100. The last
+    window ends at the call's end, so its new tokens get a whole window of context."""
     scored_until = 0  # ids[1:scored_until + 1] have been scored
     start = 0
     while scored_until < len(ids) - 1:
+        start = min(start, max(0, len(ids) - 1 - block_size))
         chunk = ids[start : start + block_size + 1]
         targets = list(chunk[1:])
         first_new = scored_until - start  # targets before this index were scored already

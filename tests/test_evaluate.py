@@ -19,6 +19,12 @@ def test_windows_score_every_token_exactly_once():
         assert all(len(x) <= block for x, _ in windows(ids, block, stride))
 
 
+def test_the_last_window_ends_at_the_calls_end_with_a_whole_window_of_context():
+    ids = list(range(40))  # 39 targets: windows of 16 scored 1-16, 17-32, then 33-39
+    inputs, targets = list(windows(ids, 16, 16))[-1]
+    assert inputs == ids[23:39] and targets == [-100] * 9 + ids[33:]
+
+
 def test_bpb_equals_the_value_computed_by_hand(trained_run):
     loaded = load_model(trained_run)
     model, tokenizer = loaded.model, loaded.tokenizer
