@@ -15,6 +15,7 @@ bpb = summed negative log-likelihood / ln 2 / UTF-8 bytes of the calls.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from fingpt.checkpoint import load_model
+from fingpt.cli import user_errors
+from fingpt.config import CONF_DIR
 from fingpt.data.sources import DataError
 from fingpt.generation import SamplingParams, generate
 from fingpt.model import GPT
@@ -117,33 +120,26 @@ def evaluate(cfg: DictConfig) -> Score:
     return result
 
 
-USAGE = "usage: fingpt-evaluate model=PATH data=local data.path=CORPUS | data=NAME [split=...] [stride=N] ..."
+def main() -> None:
+    """fingpt-evaluate model_path=PATH [Hydra overrides]. `model=PATH` works too: training configs
+    use `model` for the group of model sizes, so here it is rewritten before Hydra reads it."""
+    import hydra
+    from omegaconf import OmegaConf
 
+    sys.argv = [re.sub(r"^model=", "model_path=", arg) for arg in sys.argv]
 
-def main(argv: list[str] | None = None) -> None:
-    """`model=PATH` names a checkpoint or bundle (the config's model_path: in training configs
-    `model` is the group of model sizes); every other argument is a Hydra override."""
-    from hydra.errors import HydraException
-
-    from fingpt.config import compose
-
-    args = sys.argv[1:] if argv is None else argv
-    paths = [a.removeprefix("model=") for a in args if a.startswith("model=")]
-    if not paths or "-h" in args or "--help" in args:
-        print(USAGE, file=sys.stderr)
-        sys.exit(0 if paths else 2)
-    try:
-        cfg = compose(
-            "evaluate", [a for a in args if not a.startswith("model=")] + [f"model_path={paths[-1]}"]
+    @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
+    def run(cfg: DictConfig) -> None:
+        with user_errors():
+            if OmegaConf.is_missing(cfg, "model_path"):
+                raise ValueError("which model? add model=PATH (a bundle, a run folder or a .ckpt)")
+            result = evaluate(cfg)
+        print(
+            f"bpb {result.bpb:.4f}  perplexity {result.perplexity:.2f}  tokens {result.tokens:,}  "
+            f"bytes {result.bytes:,}  calls {result.calls:,}"
         )
-        result = evaluate(cfg)
-    except (DataError, FileNotFoundError, ValueError, HydraException) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(
-        f"bpb {result.bpb:.4f}  perplexity {result.perplexity:.2f}  tokens {result.tokens:,}  "
-        f"bytes {result.bytes:,}  calls {result.calls:,}"
-    )
+
+    run()
 
 
 if __name__ == "__main__":

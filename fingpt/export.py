@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from fingpt.checkpoint import BUNDLE_FILES, load_model
+from fingpt.cli import user_errors
 from fingpt.files import replace_folder, sha256
 from fingpt.hf import to_hf
 from fingpt.tokenizer import EOT, BPETokenizer
@@ -118,11 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     run = args.source if args.source.is_dir() else args.source.parent.parent
     suffix = "-hf" if args.format == "hf" else ""
     out = args.out or Path(os.environ.get("FINGPT_MODELS_DIR", "models")) / f"{run.name}{suffix}"
-    try:
+    with user_errors():
         bundle = export_hf(args.source, out) if args.format == "hf" else export(args.source, out, args.dtype)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     if args.format == "bundle" and not args.no_latest:
         point_latest(bundle)
     print(bundle)

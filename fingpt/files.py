@@ -1,31 +1,73 @@
-"""Folders written whole or not at all, their permissions, and file checksums."""
+"""Files and folders written whole or not at all, their permissions, checksums and short hashes."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The SHA-256 of a file, read 16 MiB at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def short_hash(value: object) -> str:
+    """16 hex digits of the SHA-256 of `value` as JSON with sorted keys: a key for caches."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a file whole or not at all: into a temporary name of this process, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text, encoding="utf-8")  # a plain open(): the umask's permissions, not 0600
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _temporary_folder(out: Path) -> Iterator[Path]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def new_folder(out: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `out` to write into; when the block ends without error it
+    becomes `out` in one rename, so a crash never leaves a half-written folder. If another process
+    made the same `out` meanwhile, theirs stays and this one is dropped."""
+    with _temporary_folder(out) as tmp:
+        yield tmp
+        default_permissions(tmp)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not out.is_dir():
+                raise
 
 
 @contextmanager
 def replace_folder(out: Path, marker: str, kind: str) -> Iterator[Path]:
-    """Yield a temporary folder beside `out` to write into; when the block ends without error it
-    replaces `out` in one rename, so a crash never leaves a half-written folder. An existing `out`
-    is replaced only if it is empty or holds `marker` (a file only a `kind` has): nothing else a
-    user keeps there is ever deleted."""
+    """As new_folder, but an existing `out` is replaced, in one rename. It is replaced only if it
+    is empty or holds `marker` (a file only a `kind` has): nothing else a user keeps there is ever
+    deleted."""
     if out.exists() and not (out / marker).is_file() and any(out.iterdir()):
         raise ValueError(f"{out} exists and is not a {kind}: choose another --out, or remove it first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with _temporary_folder(out) as tmp:
         yield tmp
         default_permissions(tmp)
         if out.exists():  # swap in the new folder, then drop the old one
@@ -35,8 +77,6 @@ def replace_folder(out: Path, marker: str, kind: str) -> Iterator[Path]:
             shutil.rmtree(old)
         else:
             os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def default_permissions(path: Path) -> None:

@@ -5,11 +5,8 @@ Both share one interface and are each saved to, and loaded from, one JSON file.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
-import threading
 from collections import Counter
 from collections.abc import Iterable
 from functools import cached_property
@@ -17,6 +14,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from fingpt.files import short_hash, write_text
 
 EOT = "<|endoftext|>"  # separates documents
 
@@ -47,17 +46,12 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a crash never leaves a half-written tokenizer file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a plain open() (not mkstemp's owner-only 0600), in this process's own temporary name
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(Path(path), self.to_json())
 
     @cached_property
     def hash(self) -> str:
         """A fingerprint of the vocabulary and rules, to key caches by."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        return short_hash(self.to_json())
 
 
 def _byte_decoder() -> dict[str, int]:

@@ -14,7 +14,6 @@ at it), and returns that val/bpb for sweepers to minimize.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -27,10 +26,10 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from fingpt.cli import user_errors
 from fingpt.config import CONF_DIR
 from fingpt.data.datamodule import TranscriptDataModule
 from fingpt.data.prepare import load_manifest, prepare
-from fingpt.data.sources import DataError
 from fingpt.export import export, export_hf, point_latest
 from fingpt.hf import hf_family
 from fingpt.lit_module import GPTLitModule
@@ -153,8 +152,5 @@ def train(cfg: DictConfig) -> float:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    try:
+    with user_errors():
         return train(cfg)
-    except (DataError, FileNotFoundError, ValueError) as e:  # the user's input: one line
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)

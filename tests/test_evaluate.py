@@ -1,4 +1,5 @@
 import math
+import sys
 
 import pytest
 import torch
@@ -69,14 +70,24 @@ def test_evaluate_reads_any_corpus_with_the_models_tokenizer(trained_run, tmp_pa
     assert 0 < result.bpb < 20
 
 
-def test_the_cli_takes_model_equals_path_and_prints_bpb(trained_run, tmp_path, capsys):
+def test_the_cli_takes_model_equals_path_and_prints_bpb(trained_run, tmp_path, capsys, monkeypatch):
+    def run(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["fingpt-evaluate", *args])
+        with pytest.raises(SystemExit) as exit:
+            main()
+        return exit.value.code
+
     (tmp_path / "calls.txt").write_text(TEXT)
-    main([f"model={trained_run}", "data=local", f"data.path={tmp_path / 'calls.txt'}", "stride=8"])
-    out = capsys.readouterr().out
-    assert out.startswith("bpb ") and "calls 1" in out
-    with pytest.raises(SystemExit):
-        main([f"model={tmp_path}/missing.ckpt", "data=local", f"data.path={tmp_path / 'calls.txt'}"])
+    calls = ["data=local", f"data.path={tmp_path / 'calls.txt'}"]
+    for model in (f"model={trained_run}", f"model_path={trained_run}"):
+        monkeypatch.setattr(sys, "argv", ["fingpt-evaluate", model, *calls, "stride=8"])
+        main()
+        out = capsys.readouterr().out
+        assert out.startswith("bpb ") and "calls 1" in out
+    assert run(f"model={tmp_path}/missing.ckpt", *calls) == 2
     assert "missing.ckpt" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([f"model={trained_run}", "data=local", f"data.path={tmp_path / 'calls.txt'}", "stride=0"])
-    assert "stride must be in [1, block_size=32], got 0" in capsys.readouterr().err
+    assert run(f"model={trained_run}", *calls, "stride=0") == 2
+    assert capsys.readouterr().err == "error: stride must be in [1, block_size=32], got 0\n"
+    assert run(*calls) == 2
+    missing = "error: which model? add model=PATH (a bundle, a run folder or a .ckpt)\n"
+    assert capsys.readouterr().err == missing

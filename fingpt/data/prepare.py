@@ -13,9 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -25,9 +22,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from fingpt.cli import user_errors
 from fingpt.config import CONF_DIR
 from fingpt.data.sources import DataError, Document
-from fingpt.files import default_permissions
+from fingpt.files import new_folder, short_hash
 from fingpt.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -163,7 +161,7 @@ def fingerprint(data: DictConfig, tokenizer_cfg: DictConfig, corpus: Corpus) -> 
         "tokenizer_file": load_tokenizer(tokenizer_cfg.path).hash if tokenizer_cfg.get("path") else None,
         "shard_tokens": data.get("shard_tokens"),
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return short_hash(key)
 
 
 def prepare(data: DictConfig, tokenizer_cfg: DictConfig, cache_dir: str | Path) -> Path:
@@ -176,9 +174,7 @@ def prepare(data: DictConfig, tokenizer_cfg: DictConfig, cache_dir: str | Path) 
         return out
 
     start = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with new_folder(out) as tmp:  # another process preparing the same folder at once is harmless
         tokenizer = _build_tokenizer(tokenizer_cfg, corpus)
         tokenizer.save(tmp / "tokenizer.json")
         dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
@@ -213,14 +209,6 @@ def prepare(data: DictConfig, tokenizer_cfg: DictConfig, cache_dir: str | Path) 
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-        default_permissions(tmp)
-        try:
-            tmp.rename(out)
-        except OSError:  # another process prepared the same folder meanwhile: theirs is as good
-            if not (out / "manifest.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - start
     mb = sum(s["bytes"] for s in splits.values()) / 1e6
     log.info("prepared %s in %.1f s (%.1f MB/s)", out, seconds, mb / seconds)
@@ -257,11 +245,8 @@ def main() -> None:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")
     def run(cfg: DictConfig) -> None:
-        try:
+        with user_errors():
             print(prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir))
-        except (DataError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
 
     run()
 

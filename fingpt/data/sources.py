@@ -8,7 +8,6 @@ left empty, calls are split by the hash of their id (see `fingpt.data.prepare`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -17,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
+from fingpt.files import sha256, short_hash
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,6 @@ def decode_utf8(data: bytes, where: str) -> str:
             bad,
         )
         return "".join("\ufffd" if "\udc80" <= c <= "\udcff" else c for c in text)
-
-
-def _file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def _row_document(row: dict, index: int, text_column: str, name: str) -> Document:
@@ -94,8 +87,7 @@ class LocalSource:
 
     def fingerprint(self) -> str:
         files = sorted(self.path.glob("*.txt")) if self.path.is_dir() else [self.path]
-        parts = [f"{f.name}:{_file_fingerprint(f)}" for f in files]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        return short_hash([[f.name, sha256(f)] for f in files])
 
     def __iter__(self) -> Iterator[Document]:
         raise NotImplementedError
@@ -185,9 +177,9 @@ class HubSource:
 
     def fingerprint(self) -> str:
         files = [self.data_files] if isinstance(self.data_files, str) else self.data_files or []
-        local = [_file_fingerprint(Path(f)) for f in files if Path(f).is_file()]
+        local = [sha256(Path(f)) for f in files if Path(f).is_file()]
         key = [self.path, self.hub_split, self.revision, self.max_calls, self.text_column, *files, *local]
-        return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:16]
+        return short_hash(key)
 
     def __iter__(self) -> Iterator[Document]:
         try:
