@@ -215,7 +215,7 @@ def main() -> None:
                     },
                     dataset_dir=str(folder),
                     tokens_per_byte=val["tokens"] / val["bytes"],
-                    sample_tokens=0,
+                    sample=None,
                 )
                 tps = lightning_loop(module, batches, args.warmup, tmp)
             results.setdefault(name, []).append(tps)

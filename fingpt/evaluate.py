@@ -114,7 +114,7 @@ def evaluate(cfg: DictConfig) -> Score:
     if unknown:
         print(f"{sum(unknown.values())} characters unknown to the tokenizer were scored as one id")
     if cfg.sample.tokens > 0:
-        params = SamplingParams(max_new_tokens=cfg.sample.tokens, temperature=0.8, top_k=50, seed=0)
+        params = SamplingParams(max_new_tokens=cfg.sample.tokens, **cfg.sample.sampling)
         (completion,) = generate(loaded.model, loaded.tokenizer, [cfg.sample.prompt], params)
         print(f"sample: {cfg.sample.prompt}{completion.text}")
     return result

@@ -16,11 +16,6 @@ from fingpt.generation import SamplingParams, generate
 from fingpt.model import GPT, GPTConfig
 from fingpt.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_json
 
-SAMPLE_PROMPT = (
-    "Operator: Good afternoon, and welcome to the Apple Fourth Quarter 2024 Earnings Conference "
-    "Call. I would now like to turn the call over to"
-)
-
 
 def batch_size(batch) -> int:
     return batch[0].shape[0]
@@ -42,8 +37,7 @@ class GPTLitModule(L.LightningModule):
         dataset_dir: str,
         tokens_per_byte: float,
         compile: bool = False,
-        sample_prompt: str = SAMPLE_PROMPT,
-        sample_tokens: int = 64,
+        sample: dict | None = None,
         data: dict | None = None,
         config: dict | None = None,
     ) -> None:
@@ -114,12 +108,13 @@ class GPTLitModule(L.LightningModule):
     def _log_sample(self) -> None:
         """A continuation of a fixed earnings-call opening, through the one sampler."""
         loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers or self.hparams.sample_tokens < 1:
+        sample = self.hparams.sample
+        if not loggers or not sample or sample["tokens"] < 1:
             return
-        params = SamplingParams(max_new_tokens=self.hparams.sample_tokens, temperature=0.8, top_k=50, seed=0)
+        params = SamplingParams(max_new_tokens=sample["tokens"], **sample["sampling"])
         with torch.compiler.set_stance("force_eager"):  # compiled blocks are for training's shapes
-            (completion,) = generate(self.model, self.tokenizer, [self.hparams.sample_prompt], params)
-        text = f"**{self.hparams.sample_prompt}**{completion.text}"
+            (completion,) = generate(self.model, self.tokenizer, [sample["prompt"]], params)
+        text = f"**{sample['prompt']}**{completion.text}"
         for logger in loggers:
             logger.experiment.add_text("sample", text, self.global_step)
 

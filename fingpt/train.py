@@ -80,8 +80,7 @@ def train(cfg: DictConfig) -> float:
         dataset_dir=str(dataset_dir),
         tokens_per_byte=validation["tokens"] / validation["bytes"],
         compile=cfg.compile,
-        sample_prompt=cfg.sample.prompt,
-        sample_tokens=cfg.sample.tokens,
+        sample=OmegaConf.to_container(cfg.sample, resolve=True),
         data={
             "name": manifest["name"],
             "fingerprint": manifest["fingerprint"],

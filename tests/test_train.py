@@ -112,18 +112,32 @@ def test_schedules_refuse_bad_settings_naming_them(schedule, field, value):
         schedule(**{field: value})
 
 
+def fast_dev_run(tmp_path, cache_dir, overrides: list[str]) -> dict:
+    """One training batch of a real config: what it recorded (its shape, loss and lr)."""
+    recorder = [
+        "+callbacks.recorder._target_=tests.helpers.BatchRecorder",
+        f"+callbacks.recorder.path={tmp_path}/b",
+    ]
+    cfg = train_config(tmp_path, cache_dir, ["debug=fast_dev_run", *recorder, *overrides])
+    cfg.model.block_size = min(cfg.model.block_size, 256)
+    assert math.isnan(train(cfg))  # no score: fast_dev_run skips the checkpoint and its validation
+    (step,) = read_records(tmp_path / "b")
+    return step | {"block_size": cfg.model.block_size}
+
+
 @pytest.mark.parametrize("size", sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
 def test_fast_dev_run_of_each_model_preset(size, tmp_path, cache_dir):
-    cfg = train_config(
-        tmp_path, cache_dir, [f"model={size}", "debug=fast_dev_run", "data.loader.batch_size=2"]
-    )
-    cfg.model.block_size = min(cfg.model.block_size, 256)
-    train(cfg)
+    step = fast_dev_run(tmp_path, cache_dir, [f"model={size}", "data.loader.batch_size=2"])
+    assert step["step"] == 0 and len(step["batch"]) == 2
+    # an initialised model is about as unsure as a uniform guess over the 8192 tokens
+    assert abs(step["loss"] - math.log(8192)) < 1.0, step["loss"]
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])
 def test_fast_dev_run_of_each_cpu_precision(precision, tmp_path, cache_dir):
-    train(train_config(tmp_path, cache_dir, [f"precision={precision}", "debug=fast_dev_run"]))
+    step = fast_dev_run(tmp_path, cache_dir, [f"precision={precision}"])
+    assert step["step"] == 0 and len(step["batch"]) == 8 and step["lr"] > 0
+    assert abs(step["loss"] - math.log(8192)) < 1.0, step["loss"]
 
 
 def scalars(run_dir: Path) -> dict[str, list]:
