@@ -35,6 +35,20 @@ from fingpt.tokenizer import EOT, BPETokenizer
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def portable(config: dict | None) -> dict | None:
+    """A training config without the trainer's filesystem: no `paths`, and every other absolute
+    path cut to its file name. The card names the data by its fingerprint, not by where it was."""
+
+    def cut(value):
+        if isinstance(value, dict):
+            return {k: cut(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [cut(v) for v in value]
+        return Path(value).name if isinstance(value, str) and os.path.isabs(value) else value
+
+    return None if config is None else cut({k: v for k, v in config.items() if k != "paths"})
+
+
 def export(source: str | Path, out: str | Path, dtype: str = "float32") -> Path:
     """Write the bundle of `source` (a .ckpt or a run folder) to `out`; replaces an old one."""
     if dtype not in DTYPES:
@@ -56,8 +70,11 @@ def export(source: str | Path, out: str | Path, dtype: str = "float32") -> Path:
             "parameters": model.num_parameters(),
             "dtype": dtype,
             "context_length": model.config.block_size,
-            **{k: v for k, v in loaded.info.items() if k != "hyper_parameters"},
-            "training_config": loaded.info.get("hyper_parameters", {}).get("config"),
+            **{k: v for k, v in loaded.info.items() if k not in ("hyper_parameters", "checkpoint")},
+            "checkpoint": Path(loaded.info["checkpoint"]).name if loaded.info.get("checkpoint") else None,
+            "training_config": portable(  # a checkpoint's, or the card's of a bundle re-exported
+                loaded.info.get("hyper_parameters", {}).get("config") or loaded.info.get("training_config")
+            ),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "sha256": {name: sha256(tmp / name) for name in BUNDLE_FILES if name != "card.json"},
         }

@@ -54,16 +54,8 @@ def resolve_checkpoint(ckpt_path: str | None, log_dir: Path, run_dir: Path) -> P
     return path
 
 
-def train(cfg: DictConfig) -> float:
-    start = time.time()
-    if cfg.export.format not in ("bundle", "hf", "none"):
-        raise ValueError(f"export.format must be bundle, hf or none, got {cfg.export.format!r}")
-    L.seed_everything(cfg.seed, workers=True)
-    resume = resolve_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), Path(cfg.paths.output_dir))
-    if resume is not None:  # keep writing into the resumed run's folder: one curve, one run
-        cfg.paths.output_dir = str(resume.parent.parent)
-    output_dir = Path(cfg.paths.output_dir)
-
+def build(cfg: DictConfig) -> tuple[GPTLitModule, TranscriptDataModule]:
+    """The prepared data (prepared now unless cached), its batches and the module that trains on them."""
     dataset_dir = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
     manifest = load_manifest(dataset_dir)
     model_config = instantiate(cfg.model, vocab_size=manifest["vocab_size"])
@@ -90,11 +82,68 @@ def train(cfg: DictConfig) -> float:
         },
         config=OmegaConf.to_container(cfg, resolve=True),
     )
+    return module, datamodule
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if not cfg.trainer.enable_progress_bar:  # Lightning refuses a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+
+def log_final_score(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> None:
+    """The run's hyperparameters with its final score, for TensorBoard's HParams tab."""
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams = {k: hparams[k] for k in ("model", "optimizer", "scheduler", "seed", "compile")} | {
+        "data": cfg.data.name,
+        "tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True),
+        "batch_size": cfg.data.loader.batch_size,
+        "max_steps": cfg.trainer.max_steps,
+        "precision": str(trainer.precision),
+    }
+    final = {"hp/val_bpb": float(metrics["val/bpb"]), "hp/val_loss": float(metrics["val/loss"])}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):  # the HParams tab pairs them with the run
+            logger.log_hyperparams(hparams, final)
+        else:
+            logger.log_hyperparams(hparams)
+            logger.log_metrics(final, step=trainer.global_step)
+        logger.save()
+
+
+def export_run(cfg: DictConfig, best: str, output_dir: Path) -> dict:
+    """Export the best checkpoint as export.format says: where the bundle (and HF folder) went."""
+    if cfg.export.format == "none" or not best:
+        return {}
+    # a sweep's job folders are numbers: its bundles are <sweep>-<job>, and models/latest
+    # points at the best job once the sweep ends (fingpt.sweep), not at the last one
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    name = f"{output_dir.parent.name}-{output_dir.name}" if sweep else output_dir.name
+    bundle = export(best, Path(cfg.paths.models_dir) / name)
+    if not sweep:
+        point_latest(bundle)
+    if cfg.export.format != "hf":
+        return {"bundle": str(bundle)}
+    # from the bundle just written: cheaper than loading the .ckpt again
+    return {"bundle": str(bundle), "hf": str(export_hf(bundle, bundle.with_name(f"{bundle.name}-hf")))}
+
+
+def train(cfg: DictConfig) -> float:
+    """Build the module, fit it, score its best checkpoint on all of validation, log the final
+    hyperparameters, export, and write result.json. Returns that val/bpb, which sweeps minimize."""
+    start = time.time()
+    if cfg.export.format not in ("bundle", "hf", "none"):
+        raise ValueError(f"export.format must be bundle, hf or none, got {cfg.export.format!r}")
+    L.seed_everything(cfg.seed, workers=True)
+    resume = resolve_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), Path(cfg.paths.output_dir))
+    if resume is not None:  # keep writing into the resumed run's folder: one curve, one run
+        cfg.paths.output_dir = str(resume.parent.parent)
+    output_dir = Path(cfg.paths.output_dir)
+
+    module, datamodule = build(cfg)
+    trainer = build_trainer(cfg)
     fit_start = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     tokens_per_second = module.tokens_seen / (time.time() - fit_start)  # before loading the best
@@ -105,22 +154,7 @@ def train(cfg: DictConfig) -> float:
     (metrics,) = trainer.validate(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     val_bpb = float(metrics["val/bpb"])
     if trainer.is_global_zero:
-        hparams = OmegaConf.to_container(cfg, resolve=True)
-        hparams = {k: hparams[k] for k in ("model", "optimizer", "scheduler", "seed", "compile")} | {
-            "data": cfg.data.name,
-            "tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True),
-            "batch_size": cfg.data.loader.batch_size,
-            "max_steps": cfg.trainer.max_steps,
-            "precision": str(trainer.precision),
-        }
-        final = {"hp/val_bpb": val_bpb, "hp/val_loss": float(metrics["val/loss"])}
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):  # the HParams tab pairs them with the run
-                logger.log_hyperparams(hparams, final)
-            else:
-                logger.log_hyperparams(hparams)
-                logger.log_metrics(final, step=trainer.global_step)
-            logger.save()
+        log_final_score(cfg, trainer, metrics)
         result = {
             "run": str(output_dir),
             "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
@@ -131,19 +165,7 @@ def train(cfg: DictConfig) -> float:
             "tokens_per_second": round(tokens_per_second),  # resumed: over-counts the earlier tokens
             "wall_seconds": round(time.time() - start, 1),
             "best_checkpoint": best,
-        }
-        if cfg.export.format != "none" and best:
-            # a sweep's job folders are numbers: its bundles are <sweep>-<job>, and models/latest
-            # points at the best job once the sweep ends (fingpt.sweep), not at the last one
-            sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-            name = f"{output_dir.parent.name}-{output_dir.name}" if sweep else output_dir.name
-            bundle = export(best, Path(cfg.paths.models_dir) / name)
-            if not sweep:
-                point_latest(bundle)
-            result["bundle"] = str(bundle)
-            if cfg.export.format == "hf":
-                # from the bundle just written: cheaper than loading the .ckpt again
-                result["hf"] = str(export_hf(bundle, bundle.with_name(f"{bundle.name}-hf")))
+        } | export_run(cfg, best, output_dir)
         (output_dir / "result.json").write_text(json.dumps(result, indent=2))
         print(f"val/bpb {val_bpb:.4f} at step {trainer.global_step} ({best or 'final weights'})")
     return val_bpb

@@ -26,6 +26,10 @@ def test_training_exported_its_best_checkpoint_and_pointed_latest_at_it(trained_
     assert card["tokens_seen"] == card["steps"] * 8 * 32  # batch 8 x block 32 per step
     assert card["data"]["name"] == "sp500_sample" and len(card["data"]["fingerprint"]) == 16
     assert card["training_config"]["model"]["n_embd"] == 96
+    # names and fingerprints, nothing of the filesystem that trained it
+    assert card["checkpoint"].startswith("best-step") and "paths" not in card["training_config"]
+    assert card["training_config"]["data"]["sources"]["sp500_sample"]["path"] == "input.txt"
+    assert str(trained_run.parent) not in (models / "latest" / "card.json").read_text()
 
 
 def test_a_bundle_gives_the_checkpoints_logits(trained_run, bundle):
