@@ -28,17 +28,19 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The main job: prepare, train experiment=cpu_demo and export (once; RETRAIN=1 trains again),
-# then serve the model and open the page. Ctrl-C stops both.
+# The main job: prepare, train experiment=cpu_demo and export it to models/demo (once; RETRAIN=1
+# trains again), then serve that model and open the page. Ctrl-C stops both.
+DEMO_MODEL := $(or $(FINGPT_MODELS_DIR),models)/demo
 demo: install
-	@if [ -n "$(RETRAIN)" ] || [ ! -e models/latest/card.json ]; then \
-		$(BIN)/python train.py experiment=cpu_demo data=$(DEMO_DATA); \
+	@if [ -n "$(RETRAIN)" ] || [ ! -e $(DEMO_MODEL)/card.json ]; then \
+		$(BIN)/python train.py experiment=cpu_demo data=$(DEMO_DATA) export.name=demo; \
 	else \
-		echo "Using the trained models/latest (make demo RETRAIN=1 trains a new one)."; \
+		echo "$(DEMO_MODEL) was trained before (make demo RETRAIN=1 trains a new one)."; \
 	fi
-	@$(BIN)/fingpt-serve --model models/latest --port $(API_PORT) & server=$$!; \
-	FINGPT_API_URL=http://127.0.0.1:$(API_PORT) $(BIN)/streamlit run ui/app.py --server.port $(UI_PORT) \
-		--server.address 127.0.0.1 --server.headless true --browser.gatherUsageStats false & page=$$!; \
+	@echo "Serving $(DEMO_MODEL), the model make demo trained (its val/bpb and steps: $(DEMO_MODEL)/card.json)."
+	@$(BIN)/fingpt-serve --model $(DEMO_MODEL) --port $(API_PORT) & server=$$!; \
+	FINGPT_API_URL=http://127.0.0.1:$(API_PORT) $(BIN)/fingpt-ui --server.port $(UI_PORT) \
+		--server.address 127.0.0.1 --server.headless true & page=$$!; \
 	trap 'kill $$server $$page 2>/dev/null; wait; echo; echo "fingpt demo stopped."; exit 0' INT TERM; \
 	sleep 3; echo; echo "fingpt is up: open http://127.0.0.1:$(UI_PORT)  (API: http://127.0.0.1:$(API_PORT)/docs)  Ctrl-C stops both."; \
 	wait

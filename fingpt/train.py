@@ -120,7 +120,7 @@ def export_run(cfg: DictConfig, best: str, output_dir: Path) -> dict:
     # a sweep's job folders are numbers: its bundles are <sweep>-<job>, and models/latest
     # points at the best job once the sweep ends (fingpt.sweep), not at the last one
     sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    name = f"{output_dir.parent.name}-{output_dir.name}" if sweep else output_dir.name
+    name = f"{output_dir.parent.name}-{output_dir.name}" if sweep else cfg.export.name or output_dir.name
     bundle = export(best, Path(cfg.paths.models_dir) / name)
     if not sweep:
         point_latest(bundle)
