@@ -147,6 +147,8 @@ def _build_tokenizer(tokenizer_cfg: DictConfig, corpus: Corpus) -> Tokenizer:
     train = instantiate({k: v for k, v in tokenizer_cfg.items() if k != "path"}, _partial_=True)
     try:
         return train(corpus.texts("train"))
+    except DataError:  # the corpus's own, raised as the tokenizer reads it
+        raise
     except ValueError as e:  # a setting out of range, e.g. vocab_size
         raise DataError(f"tokenizer: {e}") from e
 

@@ -186,13 +186,20 @@ class HubSource:
             import datasets
         except ImportError as e:
             raise DataError("reading from the Hub needs `datasets`: pip install 'fingpt[hub]'") from e
-        rows = datasets.load_dataset(
-            self.path,
-            data_files=self.data_files,
-            split=self.hub_split,
-            revision=self.revision,
-            streaming=True,
-        )
+        try:
+            rows = datasets.load_dataset(
+                self.path,
+                data_files=self.data_files,
+                split=self.hub_split,
+                revision=self.revision,
+                streaming=True,
+            )
+        except ConnectionError as e:  # no network, or the Hub is down
+            raise DataError(
+                f"{e}: run this where the Hub can be reached, or download the dataset's Parquet files "
+                f"once (hf download {self.path} --repo-type dataset --local-dir DIR) and read them "
+                "offline with data.sources.hub.path=parquet data.sources.hub.data_files='DIR/**/*.parquet'"
+            ) from e
         _check_column(self.text_column, list(rows.features or {}), f"Hub dataset {self.path}")
         for i, row in enumerate(rows):
             if self.max_calls is not None and i >= self.max_calls:

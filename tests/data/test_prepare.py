@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -137,3 +140,13 @@ def test_the_cli_prints_a_one_line_error_for_bad_input(args, message, tmp_path, 
 def test_a_prepared_folder_is_readable_as_any_plain_file_is(prepared):
     folder = prepared("sp500_sample")
     assert permissions(folder) == umask_permissions(folder)
+
+
+def test_the_hub_without_network_is_a_one_line_error_that_says_what_to_do(tmp_path):
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # as a machine without network
+    cmd = [sys.executable, "-m", "fingpt.data.prepare", "data=hf_sp500", f"paths.cache_dir={tmp_path}"]
+    proc = subprocess.run(cmd, env={**os.environ, **offline}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: Couldn't reach 'kurry/sp500_earnings_transcripts' on the Hub")
+    assert "hf download kurry/sp500_earnings_transcripts --repo-type dataset" in error
