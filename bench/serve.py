@@ -102,7 +102,8 @@ def concurrency(
     model: GPT, tokenizer, streams: int, requests: int, tokens: int
 ) -> tuple[float, float, float]:
     """Aggregate tokens/s, p50 and p99 latency of `requests` requests, `streams` at a time."""
-    from serving.app import BackgroundServer, Settings, create_app
+    from serving.app import Settings, create_app
+    from serving.testing import BackgroundServer
 
     loaded = LoadedModel(model, tokenizer, {"name": "bench"})
     body = {"prompt": PROMPT, "max_tokens": tokens, "temperature": 0.8, "ignore_eos": True}

@@ -14,7 +14,8 @@ import pytest
 from fingpt.data.sources import DataError
 from fingpt.evaluate import evaluate
 from fingpt.export import export_hf
-from serving.app import BackgroundServer, Settings, create_app
+from serving.app import Settings, create_app
+from serving.testing import BackgroundServer
 from tests.conftest import ROOT, compose
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

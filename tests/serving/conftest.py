@@ -3,8 +3,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.app import BackgroundServer, Settings, create_app
-from serving.schemas import Limits
+from serving.app import Settings, create_app
+from serving.protocol import Limits
+from serving.testing import BackgroundServer
 
 
 def wait_healthy(get, timeout: float = 60) -> None:

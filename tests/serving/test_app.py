@@ -184,9 +184,28 @@ def test_unknown_routes_and_methods_answer_in_the_openai_shape(client):
     ):
         assert response.status_code == status
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert client.get("/v1/completions").headers["allow"] == "POST"  # what the route does take
+    assert client.delete("/health").headers["allow"] == "GET"
     assert client.post("/generate", json={"prompt": ["a", "b"]}).json()["error"]["param"] == "prompt"
     text = client.get("/metrics").text
     assert 'path="unmatched"' in text and "/v1/chat/completions" not in text  # one series for all
+
+
+def test_integers_written_as_json_floats_are_integers(client):
+    body = complete(client, max_tokens=3.0, n=2.0, seed=7.0, logprobs=1.0).json()
+    assert len(body["choices"]) == 2 and body["usage"]["completion_tokens"] <= 6
+    assert (
+        body["choices"][0]["text"] == complete(client, max_tokens=3, n=2, seed=7).json()["choices"][0]["text"]
+    )
+    assert complete(client, n=1.5).status_code == 400
+
+
+def test_an_empty_prompt_is_echoed_and_scored_as_nothing(client):
+    body = complete(client, prompt="", echo=True, logprobs=1, max_tokens=2, seed=1).json()
+    [choice] = body["choices"]
+    assert body["usage"]["prompt_tokens"] == 0 and "".join(choice["logprobs"]["tokens"]) == choice["text"]
+    streamed = events(complete(client, prompt="", echo=True, logprobs=1, max_tokens=0, stream=True))
+    assert [c["choices"][0]["text"] for c in streamed] == ["", ""]
 
 
 def test_a_long_prompt_can_keep_its_last_tokens(client):
@@ -220,7 +239,7 @@ def test_metrics_count_requests_and_tokens(client):
 def test_health_is_503_until_the_model_is_loaded(bundle, monkeypatch):
     from fastapi.testclient import TestClient
 
-    import serving.app
+    import serving.state
     from fingpt.checkpoint import load_model
     from serving.app import Settings, create_app
 
@@ -230,7 +249,7 @@ def test_health_is_503_until_the_model_is_loaded(bundle, monkeypatch):
         release.wait(30)
         return load_model(*args, **kwargs)
 
-    monkeypatch.setattr(serving.app, "load_model", slow_load)
+    monkeypatch.setattr(serving.state, "load_model", slow_load)
     with TestClient(create_app(Settings(model=str(bundle), device="cpu"))) as c:
         assert c.get("/health").status_code == 503
         busy = c.post("/v1/completions", json={"prompt": "x"})
@@ -265,8 +284,8 @@ def test_the_server_can_decode_in_bfloat16(bundle):
 
     with TestClient(create_app(Settings(model=str(bundle), device="cpu", dtype="bfloat16"))) as c:
         wait_healthy(c.get)
-        assert c.app.state.fingpt["loaded"].model.wte.weight.dtype.is_floating_point
-        assert str(c.app.state.fingpt["loaded"].model.wte.weight.dtype) == "torch.bfloat16"
+        assert c.app.state.fingpt.loaded.model.wte.weight.dtype.is_floating_point
+        assert str(c.app.state.fingpt.loaded.model.wte.weight.dtype) == "torch.bfloat16"
         body = complete(c, seed=1, max_tokens=8).json()
         assert body["choices"][0]["finish_reason"] in ("stop", "length")
 

@@ -7,7 +7,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from serving.schemas import Limits
+from serving.protocol import Limits
 
 PROMPT = "Operator: Good afternoon, and welcome to the"
 

@@ -8,9 +8,10 @@ import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import serving.app
-from serving.app import BackgroundServer, Settings, create_app
-from serving.schemas import Limits
+import serving.state
+from serving.app import Settings, create_app
+from serving.protocol import Limits
+from serving.testing import BackgroundServer
 
 APP = Path(__file__).resolve().parents[2] / "ui" / "app.py"
 KEY = "s3same"
@@ -79,13 +80,13 @@ def wait_for_health(url: str, status: str, timeout: float = 30) -> None:
 def loading_server(bundle, monkeypatch):
     """(server, release): the model loads only once the test sets `release`."""
     release = threading.Event()
-    load_model = serving.app.load_model
+    load_model = serving.state.load_model
 
     def held(*args, **kwargs):
         release.wait()
         return load_model(*args, **kwargs)
 
-    monkeypatch.setattr(serving.app, "load_model", held)
+    monkeypatch.setattr(serving.state, "load_model", held)
     with unready(create_app(Settings(model=str(bundle), device="cpu"))) as live:
         yield live, release
 

@@ -1,0 +1,78 @@
+"""Every error the server answers, in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+
+APIError is raised by the code that finds the fault; the handlers give FastAPI's and Starlette's own
+errors (a body that does not validate, an unknown route or method) the same shape, and the spec
+documents for each route the statuses it can answer, and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None  # the request field at fault
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type="invalid_request_error", param=None, code=None):
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorResponse(error=ErrorBody(message=message, type=type, param=param, code=code))
+
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(self.body.model_dump(), status_code=self.status, headers=headers)
+
+
+WHY = {
+    400: "A setting out of range, a prompt longer than the context, token ids outside the vocabulary, "
+    "more completions than the queue holds, malformed JSON or wrong types",
+    401: "A missing or wrong API key",
+    413: "A body over the size limit",
+    429: "The queue is full: retry later",
+    500: "Decoding failed",
+    503: "The model is still loading, or could not be loaded",
+    504: "The request took longer than the server's timeout",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """What a route documents in `responses`: each error status it can answer, in the error shape."""
+    return {status: {"model": ErrorResponse, "description": WHY[status]} for status in statuses}
+
+
+async def api_error(request: Request, exc: APIError) -> JSONResponse:
+    return exc.response()
+
+
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 for a body that does not validate becomes OpenAI's 400, naming the field."""
+    first = exc.errors()[0]
+    if first.get("type") == "json_invalid":
+        return APIError(400, "the body is not valid JSON").response()
+    loc = first.get("loc", ())  # ("body", "temperature", ...): the field is what the client named
+    param = str(loc[1]) if len(loc) > 1 and loc[0] == "body" else None
+    message = first.get("msg", "invalid request")
+    return APIError(400, f"{param}: {message}" if param else message, param=param).response()
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """404 and 405 (with its Allow header) in the same shape as every other error."""
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return APIError(exc.status_code, str(exc.detail), code=code).response(headers=exc.headers)
+
+
+HANDLERS = {APIError: api_error, RequestValidationError: invalid_request, HTTPException: http_error}

@@ -1,0 +1,263 @@
+"""The HTTP API's requests and responses, in OpenAI's shapes (errors: serving/errors.py).
+
+The routes declare these models, so /openapi.json is built from the code that answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Json,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+
+from fingpt.generation import SamplingParams
+from serving.errors import APIError, ErrorResponse
+
+
+@dataclass
+class Limits:
+    max_tokens: int = 2048  # per request; the original allowed 2000
+    max_n: int = 8
+    max_body_bytes: int = 1_000_000
+
+
+# Requests
+
+
+def integral(value: object) -> object:
+    """2.0 is the integer 2 to JSON Schema, so to this API too (JSON has one kind of number)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[StrictInt, BeforeValidator(integral)]
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+SEEDS = 2**64  # torch generators take seeds in [-2**63, 2**64)
+
+
+def unicode_text(text: str) -> str:
+    """JSON can carry lone surrogates ("\ud800"), which are not text and cannot be encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode text: a lone surrogate {text[e.start]!r} at {e.start}") from e
+    return text
+
+
+class Sampling(BaseModel):
+    """Settings shared by /v1/completions and /generate."""
+
+    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use (user, suffix...)
+
+    # text, texts, or token ids as OpenAI allows: a list of ids, or a list of such lists
+    prompt: StrictStr | list[StrictStr] | list[Integer] | list[list[Integer]] = Field(
+        "", json_schema_extra={"minItems": 1}
+    )
+    max_tokens: Integer = Field(16, ge=1)
+    temperature: StrictFloat = Field(1.0, ge=0.0, le=2.0)  # JSON's 1 is a float too
+    top_p: StrictFloat = Field(1.0, gt=0.0, le=1.0)
+    top_k: Integer = Field(0, ge=0, le=2**31 - 1)  # 0: no top-k cut
+    stop: StrictStr | list[StrictStr] | None = Field(
+        None, json_schema_extra={"minLength": 1, "maxItems": 4, "items": {"minLength": 1}}
+    )
+    seed: Annotated[StrictInt, Field(ge=-(2**63), lt=SEEDS), BeforeValidator(integral)] | None = None
+    # keep only the last k tokens of the prompt
+    truncate_prompt_tokens: Annotated[StrictInt, Field(ge=1), BeforeValidator(integral)] | None = None
+    ignore_eos: StrictBool = False  # generate max_tokens even past <|endoftext|> (as vLLM)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, stop):
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > 4:
+            raise ValueError(f"at most 4 stop strings, got {len(stops)}")
+        if any(s == "" for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return [unicode_text(s) for s in stops]
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, prompt):
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("a list of prompts must hold at least one")
+        for text in [prompt] if isinstance(prompt, str) else prompt:
+            if isinstance(text, str):
+                unicode_text(text)
+        return prompt
+
+    def check(self, limits: Limits) -> None:
+        """The limits the server was started with."""
+        if self.max_tokens > limits.max_tokens:
+            raise APIError(
+                400,
+                f"max_tokens is {self.max_tokens}, above this server's cap of {limits.max_tokens}",
+                param="max_tokens",
+            )
+
+    def sampling_params(self, seed: int | None, logprobs: int | None = None) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            stop=tuple(self.stop or ()),
+            seed=seed,
+            logprobs=logprobs or 0,
+            ignore_eos=self.ignore_eos,
+        )
+
+
+class CompletionRequest(Sampling):
+    model_config = ConfigDict(  # the rules of check() that a JSON Schema can say
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"max_tokens": {"const": 0}}, "required": ["max_tokens"]},
+                    "then": {"properties": {"echo": {"const": True}}, "required": ["echo"]},
+                },
+                {
+                    "if": {
+                        "properties": {"stream_options": {"type": "object"}},
+                        "required": ["stream_options"],
+                    },
+                    "then": {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+                },
+            ]
+        }
+    )
+    model: str | None = None
+    max_tokens: Integer = Field(16, ge=0)  # 0 with echo: score the prompt, generate nothing
+    n: Integer = Field(1, ge=1)
+    echo: StrictBool = False
+    logprobs: Annotated[StrictInt, Field(ge=0, le=5), BeforeValidator(integral)] | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+
+    def check(self, limits: Limits) -> None:
+        super().check(limits)
+        if self.n > limits.max_n:
+            raise APIError(400, f"n is {self.n}, above this server's cap of {limits.max_n}", param="n")
+        if self.max_tokens == 0 and not self.echo:
+            message = "max_tokens must be at least 1 (0 only with echo, to score the prompt)"
+            raise APIError(400, message, param="max_tokens")
+        if self.stream_options is not None and not self.stream:
+            raise APIError(400, "stream_options is only allowed with stream: true", param="stream_options")
+
+
+class GenerateRequest(Sampling):
+    """The original API: {"max_tokens": N}, now with an optional prompt and sampling fields."""
+
+    prompt: StrictStr = ""  # one text in, one generated_text out
+    max_tokens: Integer = Field(100, ge=1)
+
+
+# Responses
+
+
+class Logprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]  # None: a prompt's first token, which nothing predicts
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: Logprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None  # None: the choice goes on (streams)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class CompletionChunk(BaseModel):
+    """One `data:` event of a stream: a text delta, or at the end the usage (when asked for)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = Field(None, exclude_if=lambda usage: usage is None)
+
+
+class CompletionEvent(BaseModel):
+    """One server-sent event of a stream: `data: <a chunk as JSON>`; an error once the stream has
+    started, as `data: <the error as JSON>`; and last, `data: [DONE]`."""
+
+    data: Json[CompletionChunk | ErrorResponse] | Literal["[DONE]"]
+
+
+# A route's 200 that may be such a stream, as OpenAPI 3.2 says it (FastAPI and schemathesis read it)
+EVENT_STREAM = {"text/event-stream": {"itemSchema": {"$ref": "#/components/schemas/CompletionEvent"}}}
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "fingpt"
+    context_length: int
+    max_tokens: int  # the server's cap per request
+    card: dict[str, Any]  # the bundle's card.json, less its checksums and training config
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "error"]
+    model: str | None = None  # when ok
+    error: str | None = None  # why the model could not be loaded
+
+
+class GenerateResponse(BaseModel):
+    generated_text: str
+
+
+def complete_spec(spec: dict[str, Any], limits: Limits) -> None:
+    """What FastAPI's spec cannot say from the models alone: no 422 (a body that does not validate
+    is answered 400), the caps this server was started with, and the events of a stream."""
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            operation["responses"].pop("422", None)
+    schemas = spec["components"]["schemas"]
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    for name in ("CompletionRequest", "GenerateRequest"):
+        schemas[name]["properties"]["max_tokens"]["maximum"] = limits.max_tokens
+    schemas["CompletionRequest"]["properties"]["n"]["maximum"] = limits.max_n
+    event = CompletionEvent.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, schema in event.pop("$defs").items():  # CompletionChunk, and any FastAPI left out
+        schemas.setdefault(name, schema)
+    schemas["CompletionEvent"] = event  # what EVENT_STREAM refers to

@@ -1,0 +1,68 @@
+"""What fingpt-serve is started with: its settings, and the command line that sets them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.protocol import Limits
+
+
+@dataclass
+class Settings:
+    model: str
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, else the bundle's own dtype
+    api_key: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+    max_batch_size: int = 16
+    max_queue: int = 64
+    timeout: float = 120.0  # seconds a request may take, start to end
+    limits: Limits = field(default_factory=Limits)
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(
+        description="Serve a fingpt bundle over HTTP (OpenAI-style completions)."
+    )
+    parser.add_argument("--model", default="models/latest", help="a bundle folder (or a checkpoint)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights and cache; auto: bfloat16 on CUDA, else the bundle's (bfloat16 decodes one stream "
+        "~1.5x faster on CPUs with AVX512-BF16 or AMX)",
+    )
+    parser.add_argument("--api-key", default=os.environ.get("FINGPT_API_KEY"), help="or FINGPT_API_KEY")
+    parser.add_argument("--cors-origin", action="append", default=[], help="an origin allowed by CORS")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--max-queue", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=2048, help="cap on max_tokens per request")
+    parser.add_argument("--max-n", type=int, default=8, help="cap on n per request")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take")
+    args = parser.parse_args(argv)
+    if not Path(args.model).exists():
+        parser.error(f"--model {args.model} does not exist: train and export one first (make demo)")
+    for name in ("max_batch_size", "max_queue", "max_tokens", "max_n", "timeout"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    return Settings(
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        api_key=args.api_key or None,
+        cors_origins=args.cors_origin,
+        max_batch_size=args.max_batch_size,
+        max_queue=args.max_queue,
+        timeout=args.timeout,
+        limits=Limits(max_tokens=args.max_tokens, max_n=args.max_n),
+        host=args.host,
+        port=args.port,
+    )
