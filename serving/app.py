@@ -10,7 +10,9 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import sys
 import threading
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -34,7 +36,7 @@ from serving.protocol import (
     complete_spec,
 )
 from serving.settings import Settings, parse_args
-from serving.state import ServerState
+from serving.state import ServerState, log_failure
 
 
 def server_state(request: Request) -> ServerState:
@@ -109,12 +111,14 @@ class API(FastAPI):
         return self.openapi_schema
 
 
-def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, loaded: LoadedModel | None = None, on_load_failure: Callable = log_failure
+) -> FastAPI:
     """The app; the model loads in the background (/health says 503 until it is ready)."""
     state = ServerState(settings)
 
     async def lifespan(app: FastAPI):
-        threading.Thread(target=state.load, args=(loaded,), daemon=True).start()
+        threading.Thread(target=state.load, args=(loaded, on_load_failure), daemon=True).start()
         yield
         if state.engine:
             state.engine.stop()
@@ -143,7 +147,18 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    failure: list[Exception] = []
+
+    def stop(e: Exception) -> None:  # a server that cannot load its model ends, as vLLM's and TGI's do
+        failure.append(e)
+        server.should_exit = True
+
+    app = create_app(settings, on_load_failure=stop)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
+    server.run()
+    if failure:
+        print(f"error: {failure[0]}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

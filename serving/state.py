@@ -1,11 +1,12 @@
 """The server's state: the model loads in the background, then its engine serves every request.
 
-Until then the routes answer 503.
+Until then (or if the load failed) the routes answer 503, with the reason.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from serving.settings import Settings
 log = logging.getLogger("fingpt.serve")
 
 
+def log_failure(e: Exception) -> None:
+    log.error("could not load the model: %s", e, exc_info=not isinstance(e, OSError | ValueError))
+
+
 @dataclass
 class ServerState:
     """What the routes share: the model and its engine once loaded, or why they could not be."""
@@ -33,7 +38,7 @@ class ServerState:
     model_id: str = ""
     error: str | None = None
 
-    def load(self, loaded: LoadedModel | None) -> None:
+    def load(self, loaded: LoadedModel | None, on_failure: Callable[[Exception], None] = log_failure) -> None:
         """Load the model (unless given), move it to its device and dtype, start the engine."""
         settings = self.settings
         try:
@@ -47,16 +52,18 @@ class ServerState:
             model.model.to(device=device, dtype=getattr(torch, dtype))
             engine = Engine(model, settings.max_batch_size, settings.max_queue, self.metrics)
             engine.start()
-        except Exception as e:  # noqa: BLE001 - reported by /health
-            log.exception("could not load %s", settings.model)
+        except Exception as e:  # noqa: BLE001 - /health and every request say why
             self.error = str(e)
-            return
+            return on_failure(e)
         self.model_id = (model.info or {}).get("name") or Path(settings.model).resolve().name
         self.loaded, self.engine = model, engine
         self.completions = Completions(model, engine, self.model_id, settings.timeout, self.metrics)  # ready
         log.info("serving %s on %s", settings.model, device)
 
     def ready(self) -> Completions:
+        if self.error is not None:
+            message = f"the model could not be loaded: {self.error}"
+            raise APIError(503, message, type="server_error", code="model_not_loaded")
         if self.completions is None:
             raise APIError(
                 503, "the model is still loading: retry shortly", type="server_error", code="loading"

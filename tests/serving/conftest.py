@@ -37,3 +37,16 @@ def live_server(bundle):
         return LiveServer(create_app(Settings(model=str(bundle), device="cpu", **settings)))
 
     return start
+
+
+@pytest.fixture(scope="module")
+def corrupt_bundle(bundle, tmp_path_factory):
+    """A copy of the tiny bundle whose weights no longer match the checksum in its card."""
+    import shutil
+
+    corrupt = shutil.copytree(bundle, tmp_path_factory.mktemp("corrupt") / "tiny")
+    weights = corrupt / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    return corrupt

@@ -1,5 +1,6 @@
 import json
 import threading
+import time
 
 import pytest
 
@@ -311,3 +312,42 @@ def test_cancelled_jobs_do_not_hold_queue_places(bundle):
     engine.submit(job(4))
     assert engine.waiting_choices() == 4 and engine.waiting.qsize() == 8
     loop.close()
+
+
+def test_a_model_that_could_not_load_is_never_said_to_be_loading(corrupt_bundle):
+    from fastapi.testclient import TestClient
+
+    from serving.app import Settings, create_app
+
+    reason = f"bundle {corrupt_bundle}: model.safetensors is corrupt (its SHA-256 differs from card.json)"
+    with TestClient(create_app(Settings(model=str(corrupt_bundle), device="cpu"))) as c:
+        for _ in range(600):
+            if (health := c.get("/health")).json()["status"] != "loading":
+                break
+            time.sleep(0.05)
+        assert health.status_code == 503 and health.json() == {"status": "error", "error": reason}
+        for response in (c.post("/v1/completions", json={"prompt": "x"}), c.post("/generate", json={})):
+            assert response.status_code == 503
+            assert response.json()["error"] == {
+                "message": f"the model could not be loaded: {reason}",
+                "type": "server_error",
+                "param": None,
+                "code": "model_not_loaded",
+            }
+        assert c.get("/v1/models").json()["error"]["code"] == "model_not_loaded"
+
+
+def test_fingpt_serve_ends_in_one_line_when_its_model_cannot_load(corrupt_bundle):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    serve = [sys.executable, "-m", "serving.app", "--model", str(corrupt_bundle), "--port", "0"]
+    run = subprocess.run(serve, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: bundle {corrupt_bundle}: model.safetensors is corrupt (its SHA-256 differs from card.json)"
+    ]
+    assert "Traceback" not in run.stderr and "ERROR" not in run.stderr
