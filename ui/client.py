@@ -66,6 +66,11 @@ def explain(status: int, error: dict, has_key: bool) -> ServerError:
         )
     if status == 429:
         return ServerError("The server is busy: its queue is full. Try again in a moment.", warning=True)
+    if status == 503 and code == "model_not_loaded":
+        reason = message.removeprefix("the model could not be loaded: ")
+        return ServerError(
+            f"The server could not load its model ({reason}): restart it with a bundle that loads."
+        )
     if status == 503:
         return ServerError("The model is still loading: try again in a few seconds.", warning=True)
     if code == "context_length_exceeded":

@@ -257,5 +257,19 @@ def test_fingpt_ui_runs_streamlit_on_the_page(monkeypatch, args):
     calls = []
     monkeypatch.setattr(ui.subprocess, "call", lambda command: calls.append(command) or 0)
     assert ui.main(args) == 0
-    assert calls == [[ui.sys.executable, "-m", "streamlit", "run", str(ui.APP), *args]]
+    assert calls == [[ui.sys.executable, "-m", "streamlit", "run", str(ui.APP), *ui.OPTIONS, *args]]
+    assert ui.OPTIONS[:2] == ["--client.toolbarMode", "viewer"]  # no developer toolbar for users
     assert ui.APP.name == "app.py" and ui.APP.is_file()
+
+
+def test_a_model_that_failed_to_load_is_not_called_still_loading():
+    from ui.client import explain
+
+    failed = {"code": "model_not_loaded", "message": "the model could not be loaded: bundle x is corrupt"}
+    error = explain(503, failed, has_key=False)
+    assert error.message == (
+        "The server could not load its model (bundle x is corrupt): restart it with a bundle that loads."
+    )
+    assert not error.warning
+    loading = explain(503, {"code": "loading", "message": "the model is still loading: retry shortly"}, False)
+    assert loading.message == "The model is still loading: try again in a few seconds." and loading.warning

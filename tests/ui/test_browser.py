@@ -8,7 +8,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import httpx
 import pytest
 
 from serving.protocol import Limits
-from tests.ui.conftest import APP, serve
+from tests.ui.conftest import serve
+from ui import streamlit_command
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -57,9 +57,8 @@ def streamlit_page(tmp_path_factory):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true"]
-        command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
-        command += ["--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+        command = streamlit_command("--server.headless", "true", "--server.port", str(port))
+        command += ["--server.address", "127.0.0.1", "--server.fileWatcherType", "none"]
         log = tmp_path_factory.mktemp("streamlit") / "log.txt"
         env = {**os.environ, "FINGPT_API_URL": api_url, "FINGPT_API_KEY": ""}
         process = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -142,6 +141,7 @@ def test_generate_in_a_real_browser_and_take_a_screenshot(server, streamlit_page
     ended = "(reached max tokens, 200|ended by a stop string or the end of the call, [0-9]+) tokens"
     assert re.fullmatch(rf"#1 at [0-9:]{{8}}: {ended}", title)
     assert text.startswith(prompt) and len(text) > len(prompt)
+    assert not browser.find_elements(By.XPATH, "//*[normalize-space(text())='Deploy']")  # no dev toolbar
     path = Path(os.environ.get("FINGPT_SCREENSHOT") or tmp_path / "fingpt-ui.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(path))
