@@ -37,8 +37,8 @@ def test_a_completion_has_the_openai_shape(client):
     assert choice["finish_reason"] in ("stop", "length")
     usage = body["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    if choice["finish_reason"] == "length":
-        assert usage["completion_tokens"] == 12
+    # all 12 tokens, or fewer when the call ended (<|endoftext|>) first
+    assert (choice["finish_reason"], usage["completion_tokens"] == 12) in (("length", True), ("stop", False))
 
 
 def test_seeded_completions_repeat_and_unseeded_differ(client):
@@ -137,8 +137,8 @@ def test_the_original_generate_endpoint(client):
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 stop strings"),
         ({"n": 5}, "n", "n is 5, above this server's cap of 4"),
         ({"max_tokens": "ten"}, "max_tokens", "valid integer"),
-        ({"prompt": 5}, "prompt", ""),
-        ({"prompt": ["ok", 3]}, "prompt", ""),
+        ({"prompt": 5}, "prompt", "prompt: Input should be a valid string"),
+        ({"prompt": ["ok", 3]}, "prompt", "prompt: Input should be a valid string"),
         ({"prompt": []}, "prompt", "at least one"),
         ({"stream": "yes"}, "stream", "valid boolean"),
         ({"logprobs": 6}, "logprobs", "less than or equal to 5"),

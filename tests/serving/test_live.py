@@ -5,7 +5,7 @@ import time
 
 import httpx
 import pytest
-from openai import OpenAI
+from openai import AuthenticationError, OpenAI
 
 from serving.protocol import Limits
 
@@ -26,8 +26,9 @@ def test_the_official_openai_client_works_streaming_and_not(live_server):
             == completion.choices[0].text
         )
         assert [m.id for m in client.models.list().data] == ["tiny"]
-        with pytest.raises(Exception, match="401"):
+        with pytest.raises(AuthenticationError) as refused:
             OpenAI(base_url=f"{server.url}/v1", api_key="wrong").completions.create(model="tiny", prompt="x")
+        assert refused.value.status_code == 401
 
 
 def test_32_concurrent_requests_are_batched_and_seeded_text_is_the_same_alone(live_server):
