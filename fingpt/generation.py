@@ -69,28 +69,48 @@ def sample(
     uniform = uniform.to(probs.device)
     # a row with nothing to cut draws in vocabulary order, whatever the other rows need: its
     # token must not depend on its neighbours in the batch
+    cut = (top_k > 0) | (top_p < 1)
+    if cut.all():
+        sampled = _sample_cut(probs, top_k, top_p, uniform)
+    else:
+        sampled = _draw(probs, uniform)
+        if cut.any():
+            sampled = torch.where(cut, _sample_cut(probs, top_k, top_p, uniform), sampled)
+    if greedy.any():
+        sampled = torch.where(greedy, logits.argmax(dim=-1), sampled)
+    return sampled
+
+
+def _draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The index, in each row of probs (B, N), where the running sum passes uniform x the row's sum."""
     cdf = probs.cumsum(dim=-1)
     choice = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)
-    sampled = choice.clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
-    cut = (top_k > 0) | (top_p < 1)
-    if cut.any():
-        sampled = torch.where(cut, _sample_cut(probs, top_k, top_p, uniform), sampled)
-    return torch.where(greedy, logits.argmax(dim=-1), sampled)
+    return choice.clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
 
 
 def _sample_cut(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor):
     """Draw from the most likely tokens only: the top k, then the top-p nucleus of those."""
-    probs, order = torch.sort(probs, dim=-1, descending=True)
+    probs, order = _most_likely_first(probs, top_k, top_p)
     rank = torch.arange(probs.shape[-1], device=probs.device)
     keep = (top_k[:, None] == 0) | (rank[None, :] < top_k[:, None])
     # top-p: the smallest set of most likely tokens whose mass reaches p
     mass_before = probs.cumsum(dim=-1) - probs
     keep &= mass_before < top_p[:, None]
     keep[:, 0] = True
-    probs = probs * keep
-    cdf = probs.cumsum(dim=-1)
-    choice = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)
-    return order.gather(-1, choice.clamp_(max=probs.shape[-1] - 1)).squeeze(-1)
+    return order.gather(-1, _draw(probs * keep, uniform)[:, None]).squeeze(-1)
+
+
+def _most_likely_first(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor):
+    """probs (B, V) sorted most likely first, and their token ids: only the first max(top_k) when
+    no row can keep more (a partial sort, 50x cheaper than sorting 8192 tokens)."""
+    k = int(top_k.max())
+    if 0 < k < probs.shape[-1] and not ((top_k == 0) & (top_p < 1)).any():
+        top, ids = torch.topk(probs, k + 1, dim=-1)
+        # the full sort's first k, unless equally likely tokens are among them (frequent with
+        # bfloat16 logits): the full sort orders those its own way, and seeded texts must not change
+        if not (top[:, 1:] == top[:, :-1]).any():
+            return top[:, :k], ids[:, :k]
+    return torch.sort(probs, dim=-1, descending=True)
 
 
 class TextStream:
@@ -199,16 +219,15 @@ class Sampler:
             return {}
         new = [r for r, row in self.rows.items() if row.pending]
         running = [r for r, row in self.rows.items() if not row.pending]
-        logits = {}
+        logits = []
         if new:
-            out = self.model.prefill(self.cache, self._index(new), [self.rows[r].prompt for r in new])
-            logits.update(zip(new, out, strict=True))
+            prompts = [self.rows[r].prompt for r in new]
+            logits.append(self.model.prefill(self.cache, self._index(new), prompts).float())
         if running:
             last = torch.tensor([self.rows[r].tokens[-1] for r in running], device=self.device)
-            out = self.model.decode(self.cache, self._index(running), last)
-            logits.update(zip(running, out, strict=True))
+            logits.append(self.model.decode(self.cache, self._index(running), last).float())
         order = new + running
-        batch = torch.stack([logits[r] for r in order]).float()
+        batch = torch.cat(logits) if len(logits) > 1 else logits[0]
         rows = [self.rows[r] for r in order]
         tokens = sample(
             batch,

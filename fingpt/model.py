@@ -145,15 +145,19 @@ class KVCache:
         slots = (oldest + torch.arange(length)) % self.tokens.shape[1]
         return self.tokens[row, slots.to(self.tokens.device)].tolist()
 
-    def layer(self, i: int, rows: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor | None) -> LayerCache:
-        """Layer i's part of one cached forward over `rows`, whose new tokens go to `slots` (R, T)."""
+    def layers(
+        self, rows: torch.Tensor, slots: torch.Tensor, used: int, mask: torch.Tensor | None
+    ) -> list[LayerCache]:
+        """Each layer's part of one cached forward over `rows`, whose new tokens go to `slots` (R, T)."""
         first = int(rows[0])
         if torch.equal(rows, torch.arange(first, first + len(rows), device=rows.device)):
-            # consecutive rows: work on views of them, no copies
-            return LayerCache(
-                self.k[i, first : first + len(rows)], self.v[i, first : first + len(rows)], None, slots, mask
-            )
-        return LayerCache(self.k[i], self.v[i], rows, slots, mask)
+            # neighbouring rows: work on views of them, no copies
+            k, v = self.k[:, first : first + len(rows)], self.v[:, first : first + len(rows)]
+            where = (torch.arange(len(rows), device=rows.device)[:, None], slice(None), slots)
+            rows = None
+        else:
+            k, v, where = self.k, self.v, (rows[:, None], slice(None), slots)
+        return [LayerCache(k[i], v[i], where, rows, used, mask) for i in range(len(k))]
 
 
 @dataclass
@@ -163,21 +167,20 @@ class LayerCache:
 
     k: torch.Tensor  # (rows, n_head, block_size, head_size)
     v: torch.Tensor
+    where: tuple  # the new tokens' places in k and v: (row (R, 1), all heads, slot (R, T))
     rows: torch.Tensor | None  # (R,): the rows of k and v in play; None: all of them, in order
-    slots: torch.Tensor  # (R, T): the slot of each new token
-    mask: torch.Tensor | None  # (R, 1, T, S) over slots 0..S-1; None: the new tokens are all there is
+    used: int  # the new tokens attend to slots 0..used-1; 0: to themselves only, causally
+    mask: torch.Tensor | None  # (R, 1, T, used), added to the scores (-inf: unseen); None: all seen
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys and values (R, n_head, T, head_size); return those to attend to."""
-        rows = torch.arange(len(self.slots), device=k.device) if self.rows is None else self.rows
-        self.k[rows[:, None], :, self.slots] = k.transpose(1, 2)
-        self.v[rows[:, None], :, self.slots] = v.transpose(1, 2)
-        if self.mask is None:
+        self.k[self.where] = k.transpose(1, 2)
+        self.v[self.where] = v.transpose(1, 2)
+        if not self.used:
             return k, v
-        used = self.mask.shape[-1]
         if self.rows is None:
-            return self.k[:, :, :used], self.v[:, :, :used]
-        return self.k[self.rows, :, :used], self.v[self.rows, :, :used]
+            return self.k[:, :, : self.used], self.v[:, :, : self.used]
+        return self.k[self.rows, :, : self.used], self.v[self.rows, :, : self.used]
 
 
 # --- the blocks ---------------------------------------------------------------------------------
@@ -217,7 +220,7 @@ class CausalSelfAttention(nn.Module):
         else:
             keys, values = cache.update(k, v)
             y = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=cache.mask, is_causal=cache.mask is None
+                q, keys, values, attn_mask=cache.mask, is_causal=not cache.used
             )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -422,18 +425,24 @@ class GPT(nn.Module):
         block = self.config.block_size
         T = idx.shape[1]
         positions = cache.positions[rows, None] + torch.arange(T, device=idx.device)  # (R, T)
-        if T > 1 and int(positions.max()) >= block:
+        first, last = (int(p) for p in positions.aminmax())
+        if T > 1 and last >= block:
             raise ValueError(f"{T} tokens do not fit in the cache rows: feed them one at a time")
         slots = positions % block
-        # a query at position p sees the row's slots up to p: all of them once the row has wrapped.
-        # Attention reads only the slots in use by some row, not the whole block
-        used = torch.arange(min(block, int(positions.max()) + 1), device=idx.device)
-        mask = (used[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # (R, 1, T, S)
         if T > 1 and not cache.lengths[rows].any():
-            mask = None  # every row starts empty: plain causal attention, the fast kernels
+            used, mask = 0, None  # every row starts empty: plain causal attention, the fast kernels
+        else:
+            # attention reads only the slots in use by some row, not the whole block. A query at
+            # position p sees the row's slots up to p: all of them once the row has wrapped, and
+            # all of those in use when every row is as long as the longest (one stream, say)
+            used, mask = min(block, last + 1), None
+            if first < used - 1:
+                seen = torch.arange(used, device=idx.device) <= positions[:, :, None]  # (R, T, S)
+                mask = torch.zeros(seen.shape, dtype=cache.k.dtype, device=idx.device)
+                mask = mask.masked_fill_(~seen, float("-inf")).unsqueeze(1)
         x, rope = self._embed(idx, positions)
-        for i, block_ in enumerate(self.blocks):
-            x = block_(x, rope, cache.layer(i, rows, slots, mask))
+        for block_, layer_cache in zip(self.blocks, cache.layers(rows, slots, used, mask), strict=True):
+            x = block_(x, rope, layer_cache)
         cache.tokens[rows[:, None], slots] = idx
         cache.positions[rows] += T
         cache.lengths[rows] = torch.clamp(cache.lengths[rows] + T, max=block)
@@ -468,14 +477,14 @@ class GPT(nn.Module):
         recomputation at every step.
         """
         block = self.config.block_size
-        full = (cache.lengths[rows] == block) & (self.wpe is not None)
+        if self.wpe is None or not (full := cache.lengths[rows] == block).any():
+            return self._forward_cached(tokens[:, None], cache, rows)[:, -1].float()
         logits = torch.empty(len(rows), self.config.vocab_size, device=tokens.device)
         if (~full).any():
             step = self._forward_cached(tokens[~full, None], cache, rows[~full])
             logits[~full] = step[:, -1].to(logits.dtype)
-        if full.any():
-            drop = max(1, block // 4)
-            context = [cache.context(int(r))[drop:] for r in rows[full]]
-            kept = [c + [t] for c, t in zip(context, tokens[full].tolist(), strict=True)]
-            logits[full] = self.prefill(cache, rows[full], kept).to(logits.dtype)
+        drop = max(1, block // 4)
+        context = [cache.context(int(r))[drop:] for r in rows[full]]
+        kept = [c + [t] for c, t in zip(context, tokens[full].tolist(), strict=True)]
+        logits[full] = self.prefill(cache, rows[full], kept).to(logits.dtype)
         return logits

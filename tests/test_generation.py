@@ -154,3 +154,96 @@ def test_sampling_params_are_validated(field, value):
         SamplingParams(**{field: value})
     with pytest.raises(ValueError, match="stop strings must not be empty"):
         SamplingParams(stop=[""])
+
+
+def sample_by_full_sort(logits, temperature, top_k, top_p, uniform):
+    """The sampler as first written (every row's whole vocabulary sorted): the reference."""
+    logits = logits.float()
+    greedy = temperature == 0
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    probs = torch.softmax(shifted / torch.where(greedy, 1.0, temperature)[:, None], dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    plain = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).clamp(max=cdf.shape[-1] - 1)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    rank = torch.arange(probs.shape[-1])
+    keep = ((top_k[:, None] == 0) | (rank < top_k[:, None])) & (
+        sorted_probs.cumsum(dim=-1) - sorted_probs < top_p[:, None]
+    )
+    keep[:, 0] = True
+    cdf = (sorted_probs * keep).cumsum(dim=-1)
+    choice = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).clamp(max=cdf.shape[-1] - 1)
+    cut = order.gather(-1, choice)
+    sampled = torch.where(((top_k > 0) | (top_p < 1))[:, None], cut, plain).squeeze(-1)
+    return torch.where(greedy, logits.argmax(dim=-1), sampled)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bfloat16 logits tie often
+def test_the_sampler_picks_exactly_what_a_full_sort_picks(dtype):
+    torch.manual_seed(0)
+    rows = 64
+    logits = (torch.randn(rows, 8192) * 3).to(dtype)
+    row_settings = dict(
+        temperature=torch.tensor([0.0, 0.7, 1.0, 1.3] * (rows // 4)),
+        top_k=torch.tensor([0, 1, 50, 200, 0, 8192, 7, 40] * (rows // 8)),
+        top_p=torch.tensor([1.0, 0.9, 1.0, 0.5, 0.95, 1.0, 0.3, 1.0] * (rows // 8)).roll(3),
+    )
+    for _ in range(8):
+        uniform = torch.rand(rows)
+        for batch in (slice(None), slice(2, 3), slice(4, 8)):  # mixed rows; one cutting row; top-k rows
+            chosen = sample(
+                logits[batch], uniform=uniform[batch], **{k: v[batch] for k, v in row_settings.items()}
+            )
+            expected = sample_by_full_sort(
+                logits[batch], uniform=uniform[batch], **{k: v[batch] for k, v in row_settings.items()}
+            )
+            assert torch.equal(chosen, expected)
+
+
+def peaked(model: GPT) -> GPT:
+    """A copy whose next-token distributions are spread as a trained model's are."""
+    model = GPT(model.config).eval()
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        model.wte.weight.mul_(10)
+    return model
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_cached_decoding_gives_the_tokens_of_the_plain_forward(bpe, pos_emb):
+    """Greedy and seeded sampling, one row alone and rows of different lengths batched, within
+    the block: every token is the one the uncached forward over the row's text, sampled as the
+    full-sort sampler does with the row's own draws, would give."""
+    torch.manual_seed(1)
+    model = peaked(
+        GPT(
+            GPTConfig(
+                vocab_size=bpe.vocab_size, block_size=48, n_embd=32, n_head=4, n_layer=2, pos_emb=pos_emb
+            )
+        )
+    )
+    prompts = ["Revenue", "Operator: Good day and welcome to the call", "Q3"]
+    params = [
+        SamplingParams(max_new_tokens=30, temperature=0, ignore_eos=True),
+        SamplingParams(max_new_tokens=30, temperature=0.8, top_k=50, top_p=0.95, seed=11, ignore_eos=True),
+        SamplingParams(max_new_tokens=30, temperature=1.0, seed=12, ignore_eos=True),
+    ]
+
+    def reference(prompt: str, p: SamplingParams) -> list[int]:
+        ids, generator = bpe.encode(prompt), torch.Generator().manual_seed(p.seed or 0)
+        for _ in range(p.max_new_tokens):
+            with torch.no_grad():
+                logits = model(torch.tensor([ids]))[0][:, -1]
+            settings = dict(
+                temperature=torch.tensor([p.temperature]),
+                top_k=torch.tensor([p.top_k]),
+                top_p=torch.tensor([p.top_p]),
+            )
+            ids.append(
+                int(sample_by_full_sort(logits, uniform=torch.rand((1,), generator=generator), **settings))
+            )
+        return ids[len(bpe.encode(prompt)) :]
+
+    expected = [reference(prompt, p) for prompt, p in zip(prompts, params, strict=True)]
+    for prompt, p, tokens in zip(prompts, params, expected, strict=True):
+        assert generate(model, bpe, [prompt], p)[0].tokens == tokens
+    assert [c.tokens for c in generate(model, bpe, prompts, params)] == expected
