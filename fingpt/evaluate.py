@@ -30,6 +30,7 @@ from fingpt.config import CONF_DIR
 from fingpt.data.sources import DataError
 from fingpt.generation import SamplingParams, generate
 from fingpt.model import GPT
+from fingpt.quantize import to_dtype
 from fingpt.tokenizer import Tokenizer
 
 
@@ -108,6 +109,8 @@ def evaluate(cfg: DictConfig) -> Score:
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model(cfg.model_path, device=device)
+    if cfg.dtype:
+        to_dtype(loaded.model, cfg.dtype)
     texts = (doc.text for split, doc in Corpus(cfg.data) if cfg.split in (None, split))
     result = score(loaded.model, loaded.tokenizer, texts, cfg.stride, cfg.batch_size)
     unknown = getattr(loaded.tokenizer, "unknown", None)

@@ -89,3 +89,18 @@ def test_unsupported_dtypes_and_int8_off_a_cpu_are_refused_with_the_choices():
     with pytest.raises(ValueError, match="int8 runs on a CPU only"):
         quantize_int8(model().to("meta"))
     assert to_dtype(model(), "bfloat16").wte.weight.dtype == torch.bfloat16
+
+
+def test_evaluate_scores_an_int8_model_and_refuses_an_unknown_dtype(trained_run, tmp_path):
+    from fingpt.evaluate import evaluate
+    from tests.conftest import compose
+
+    (tmp_path / "call.txt").write_text(
+        "Operator: Good day. Revenue was $1.48 billion, up 24.9% in Q3'24." * 4
+    )
+    args = [f"model_path={trained_run}", "data=local", f"data.path={tmp_path / 'call.txt'}"]
+    exact, int8 = (evaluate(compose("evaluate", [*args, f"dtype={d}"])) for d in ("float32", "int8"))
+    assert int8.tokens == exact.tokens and int8.bpb != exact.bpb
+    assert int8.bpb == pytest.approx(exact.bpb, rel=0.01)
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, float16, int8, got 'int4'"):
+        evaluate(compose("evaluate", [*args, "dtype=int4"]))
