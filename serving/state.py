@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from fingpt.checkpoint import LoadedModel, load_model
+from fingpt.quantize import to_dtype
 from serving.completions import Completions
 from serving.engine import Engine
 from serving.errors import APIError
@@ -49,7 +50,7 @@ class ServerState:
             dtype = settings.dtype
             if dtype == "auto":
                 dtype = "bfloat16" if device.startswith("cuda") else str(model.model.wte.weight.dtype)[6:]
-            model.model.to(device=device, dtype=getattr(torch, dtype))
+            to_dtype(model.model.to(device), dtype)  # int8: weight-only, on a CPU
             engine = Engine(model, settings.max_batch_size, settings.max_queue, self.metrics)
             engine.start()
         except Exception as e:  # noqa: BLE001 - /health and every request say why
