@@ -1,5 +1,9 @@
 """Serving benchmark, side by side in one run on the same prompts and model size:
 
+0. one stream's decoding step (time per token) as a multiple of its floor, the model's linear
+   layers alone (its weight matrices, the LM head included, one token through each in a chain),
+   goal <= 1.5x; float32 and weight-only int8 side by side, goal int8 >= 1.3x float32 (with
+   --profile, where a step's time goes, by torch.profiler);
 1. single-stream decoding tokens/s: fingpt's sampler (the engine's decoding loop) vs Hugging
    Face transformers' GPT2LMHeadModel of the same n_embd, n_head, n_layer, vocabulary and
    context (random weights, its own KV cache, `generate`), goal >= 1.3x;
@@ -10,7 +14,8 @@
 4. decoding far past the context: rotary positions, whose cache slides one token per step, vs
    learned positions, whose cache is refilled every block_size / 4 tokens (context 256).
 
-    python bench/serve.py [--n-embd 384 --n-head 6 --n-layer 6 --tokens 128] [--parts 4]
+    python bench/serve.py [--n-embd 384 --n-head 6 --n-layer 6 --tokens 128] [--parts 04]
+        [--profile] [--threads 1]
     (needs '.[bench]')
 """
 
@@ -18,16 +23,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import statistics
 import time
 from pathlib import Path
 
 import httpx
 import torch
+import torch.nn as nn
+from torch.profiler import ProfilerActivity, profile
 
 from fingpt.checkpoint import LoadedModel
 from fingpt.generation import SamplingParams, generate
 from fingpt.model import GPT, GPTConfig
+from fingpt.quantize import Int8Linear, to_dtype
 from fingpt.tokenizer import BPETokenizer
 
 PROMPT = "Operator: Good afternoon, and welcome to the fourth quarter earnings conference call."
@@ -43,6 +52,36 @@ def side_by_side(a, b, tokens: int, repeats: int = 3) -> tuple[float, float]:
             fn()
             best[i] = min(best[i], time.perf_counter() - start)
     return tokens / best[0], tokens / best[1]
+
+
+def linear_chain(model: GPT):
+    """The floor of a decoding step: one token through each of the model's linear layers (int8
+    ones too), in the order a step meets them, each taking the previous one's output (its first
+    in_features values), so none starts before the one before it ends."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, Int8Linear)) and m is not model.lm_head]
+    layers.append(model.lm_head)
+    x0 = torch.randn(1, model.config.n_embd, dtype=model.wte.weight.dtype)
+
+    @torch.inference_mode()
+    def chain():
+        x = x0
+        for layer in layers:
+            x = layer(x[:, : layer.in_features])
+
+    return chain, len(layers)
+
+
+def runs(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each function, called in turn `repeats` times after a warm-up (same machine state)."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def vs_transformers(model: GPT, tokenizer, prompt: list[int], tokens: int) -> tuple[float, float]:
@@ -133,6 +172,95 @@ def concurrency(
     return tps, statistics.median(latencies), latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
 
 
+STEP_SAMPLING = {
+    "greedy": dict(temperature=0.0),
+    "sampled": dict(temperature=0.8, top_k=200, top_p=0.95, seed=1),  # the page's defaults
+}
+PROFILE_GROUPS = {  # aten ops by what they do in a decoding step
+    "linear layers (matrix products)": ("addmm", "mm", "_weight_int8pack_mm"),
+    "attention over the cache (SDPA)": ("_scaled_dot_product_flash_attention_for_cpu",),
+    "KV cache writes and reads": ("_index_put_impl_", "index"),
+    "norms": ("native_layer_norm", "_fused_rms_norm", "rms_norm"),
+    "MLP activation": ("gelu", "relu", "pow", "silu"),
+    "sampler (softmax, top-k, draw, logprobs)": (
+        "argmax", "_softmax", "_log_softmax", "topk", "sort", "cumsum", "searchsorted", "gather", "amax",
+    ),
+}  # fmt: skip
+
+
+def in_dtypes(model: GPT) -> dict[str, GPT]:
+    """Copies of the model in float32, bfloat16 and weight-only int8."""
+    return {
+        "float32": copy.deepcopy(model).float(),
+        "bfloat16": copy.deepcopy(model).bfloat16(),
+        "int8": to_dtype(copy.deepcopy(model), "int8"),
+    }
+
+
+def step_vs_floor(model: GPT, tokenizer, tokens: int, repeats: int) -> None:
+    """Each dtype's floor, greedy and sampled steps, all alternating in one loop."""
+    models = in_dtypes(model)
+    prompt = tokenizer.encode(PROMPT)
+    fns, n_layers = {}, 0
+    for dtype, m in models.items():
+        chain, n_layers = linear_chain(m)
+        fns[dtype, "floor"] = lambda chain=chain: [chain() for _ in range(tokens)]
+        for kind, sampling in STEP_SAMPLING.items():
+            params = SamplingParams(max_new_tokens=tokens, ignore_eos=True, **sampling)
+            fns[dtype, kind] = lambda m=m, params=params: generate(m, tokenizer, [prompt], params)
+    ms = {key: sorted(1e3 * t / tokens for t in times) for key, times in runs(fns, repeats).items()}
+
+    labels = {
+        "floor": f"floor: the {n_layers} linear layers",
+        "greedy": "step, greedy",
+        "sampled": "step, T 0.8 top-k 200 top-p .95",
+    }
+    print(f"0. one stream, {tokens} tokens: ms per token, best (slowest) of {repeats} alternating runs,")
+    print("   and the step as a multiple of its floor")
+    print(" " * 36 + "".join(f"{dtype:>22s}" for dtype in models))
+    for kind, label in labels.items():
+        cells = []
+        for dtype in models:
+            best, slowest = ms[dtype, kind][0], ms[dtype, kind][-1]
+            times = "" if kind == "floor" else f" = {best / ms[dtype, 'floor'][0]:.2f}x"
+            cells.append(f"{best:.2f} ({slowest:.2f}){times}")
+        print(f"   {label:33s}" + "".join(f"{cell:>22s}" for cell in cells))
+    for kind in STEP_SAMPLING:
+        rates = ", ".join(f"{dtype} {1e3 / ms[dtype, kind][0]:.0f}" for dtype in models)
+        faster = ", ".join(f"{d} {ms['float32', kind][0] / ms[d, kind][0]:.2f}x" for d in list(models)[1:])
+        print(f"   {kind}: tokens/s {rates}; vs float32: {faster}")
+    print("   goals: the float32 step <= 1.5x its floor; int8 >= 1.3x float32")
+
+
+def profile_step(model: GPT, tokenizer, tokens: int) -> None:
+    """Where a greedy step's time goes in each dtype: torch.profiler's self time of each op,
+    grouped; the rest of the wall time is Python, dispatch and the profiler's own cost."""
+    prompt = tokenizer.encode(PROMPT)
+    params = SamplingParams(max_new_tokens=tokens, temperature=0.0, ignore_eos=True)
+    table = {}
+    for dtype, m in in_dtypes(model).items():
+        generate(m, tokenizer, [prompt], params)  # warm up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            generate(m, tokenizer, [prompt], params)
+            wall = 1e3 * (time.perf_counter() - start) / tokens
+        ops = {e.key: e.self_cpu_time_total / 1e3 / tokens for e in prof.key_averages()}
+        ops = {op.removeprefix("aten::"): t for op, t in ops.items() if op.startswith("aten::")}
+        rows = {group: sum(ops.pop(op, 0.0) for op in names) for group, names in PROFILE_GROUPS.items()}
+        rows["other ops (views, copies, small arithmetic)"] = sum(ops.values())
+        rows["Python, dispatch, profiler"] = wall - sum(rows.values())
+        rows["a step, profiled"] = wall
+        table[dtype] = rows
+    print(f"   where a greedy step's time goes (torch.profiler, {tokens} tokens): ms per token, share")
+    print(" " * 47 + "".join(f"{dtype:>16s}" for dtype in table))
+    for group in table["float32"]:
+        cells = [
+            f"{rows[group]:.3f} {100 * rows[group] / rows['a step, profiled']:3.0f}%"
+            for rows in table.values()
+        ]
+        print(f"   {group:44s}" + "".join(f"{cell:>16s}" for cell in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-embd", type=int, default=384)
@@ -141,8 +269,13 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--tokens", type=int, default=128, help="tokens generated per request")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both models'")
-    parser.add_argument("--parts", default="1234", help="which of the four measurements to run")
+    parser.add_argument("--parts", default="01234", help="which of the five measurements to run")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating runs of part 0")
+    parser.add_argument("--profile", action="store_true", help="part 0: where a step's time goes")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "sp500_sample" / "input.txt"
     text = data.read_text() if data.exists() else PROMPT * 200
@@ -159,6 +292,10 @@ def main() -> None:
     )
     print(f"model {size}, {model.num_parameters() / 1e6:.1f}M parameters, {torch.get_num_threads()} threads")
 
+    if "0" in args.parts:
+        step_vs_floor(model, tokenizer, args.tokens, args.repeats)
+        if args.profile:
+            profile_step(model, tokenizer, args.tokens)
     if "1" in args.parts:
         single_stream(model, tokenizer, args.tokens)
     if "2" in args.parts:

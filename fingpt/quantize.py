@@ -44,9 +44,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        y = torch._weight_int8pack_mm(rows, self.qweight, self.scale)
-        y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+        y = torch._weight_int8pack_mm(rows, self.qweight, self.scale).view(*x.shape[:-1], self.out_features)
+        return y.to(x.dtype) if self.bias is None else y + self.bias  # a float32 bias: a float32 sum
 
     def extra_repr(self) -> str:
         bias = self.bias is not None
