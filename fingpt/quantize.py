@@ -4,7 +4,7 @@ Decoding one stream reads every weight once per token, so a step takes at least 
 linear layers take to stream their weights (bench/serve.py's floor). Stored as int8 with one
 scale per output row, the weights take a quarter of the bytes, and PyTorch's own CPU kernel
 (`torch._weight_int8pack_mm`) multiplies activations by them without dequantizing the matrix.
-That kernel is fast only for bfloat16 activations (about 25x slower for float32 or float16 ones
+That kernel is fast only for bfloat16 activations (30-40x slower for float32 or float16 ones
 on a 2-core AVX-512 EPYC, torch 2.13), so each int8 layer takes its input in bfloat16 and returns
 its output in the input's dtype; embeddings, norms, attention and the KV cache stay float32.
 
