@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +28,7 @@ from fingpt.checkpoint import load_model
 from fingpt.cli import user_errors
 from fingpt.config import CONF_DIR
 from fingpt.data.sources import DataError
-from fingpt.generation import SamplingParams, generate
+from fingpt.generation import SamplingParams, generate, windows
 from fingpt.model import GPT
 from fingpt.quantize import to_dtype
 from fingpt.tokenizer import Tokenizer
@@ -42,22 +42,6 @@ class Score:
     bytes: int
     calls: int
     nll: float  # nats, summed
-
-
-def windows(ids: list[int], block_size: int, stride: int) -> Iterator[tuple[list[int], list[int]]]:
-    """(inputs, targets) of each window over one call; targets already scored are -100. The last
-    window ends at the call's end, so its new tokens get a whole window of context."""
-    scored_until = 0  # ids[1:scored_until + 1] have been scored
-    start = 0
-    while scored_until < len(ids) - 1:
-        start = min(start, max(0, len(ids) - 1 - block_size))
-        chunk = ids[start : start + block_size + 1]
-        targets = list(chunk[1:])
-        first_new = scored_until - start  # targets before this index were scored already
-        targets[:first_new] = [-100] * first_new
-        yield chunk[:-1], targets
-        scored_until = start + len(chunk) - 1
-        start += stride
 
 
 @torch.inference_mode()

@@ -271,21 +271,55 @@ class Sampler:
 
 
 @torch.inference_mode()
-def prompt_logprobs(model: GPT, ids: list[int], top: int = 0) -> list[Step]:
+def windows(ids: list[int], block_size: int, stride: int) -> Iterator[tuple[list[int], list[int]]]:
+    """(inputs, targets) of each window over one call; targets already scored are -100. The last
+    window ends at the call's end, so its new tokens get a whole window of context."""
+    scored_until = 0  # ids[1:scored_until + 1] have been scored
+    start = 0
+    while scored_until < len(ids) - 1:
+        start = min(start, max(0, len(ids) - 1 - block_size))
+        chunk = ids[start : start + block_size + 1]
+        targets = list(chunk[1:])
+        first_new = scored_until - start  # targets before this index were scored already
+        targets[:first_new] = [-100] * first_new
+        yield chunk[:-1], targets
+        scored_until = start + len(chunk) - 1
+        start += stride
+
+
+@torch.inference_mode()
+def prompt_logprobs(
+    model: GPT, ids: list[int], top: int = 0, stride: int | None = None, batch_size: int = 32
+) -> list[Step]:
     """Each prompt token's log-probability given the tokens before it (None for the first), with
-    the `top` most likely tokens at its place: what OpenAI's echo with logprobs reports. Only the
-    last block_size tokens are scored, as the model sees them; earlier ones get None too."""
-    head, ids = ids[: -model.config.block_size], ids[-model.config.block_size :]
-    x = torch.tensor([ids], device=model.wte.weight.device)
-    logprobs = F.log_softmax(model(x)[0][0, :-1].float(), dim=-1)  # position t predicts token t + 1
-    chosen = logprobs.gather(-1, x[0, 1:, None]).squeeze(-1).tolist()
-    best = logprobs.topk(top, dim=-1) if top else None
-    steps = [Step(token, None, "", None, None) for token in [*head, ids[0]]]
-    for t, (token, logprob) in enumerate(zip(ids[1:], chosen, strict=True)):
-        alternatives = None
-        if top:
-            alternatives = dict(zip(best.indices[t].tolist(), best.values[t].tolist(), strict=True))
-        steps.append(Step(token, logprob, "", None, alternatives))
+    the `top` most likely tokens at its place: what OpenAI's echo with logprobs reports. Without
+    `stride`, only the last block_size tokens are scored, as the model sees them, and earlier ones
+    get None too; with it, every token is, by windows sliding by `stride` (fingpt-evaluate's)."""
+    block = model.config.block_size
+    steps = []
+    if stride is None:
+        steps = [Step(token, None, "", None, None) for token in ids[:-block]]
+        ids, stride = ids[-block:], block
+    steps.append(Step(ids[0], None, "", None, None))
+    cut = list(windows(ids, block, stride))
+    for start in range(0, len(cut), batch_size):
+        batch = cut[start : start + batch_size]
+        width = max(len(inputs) for inputs, _ in batch)
+        x = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, (inputs, _) in enumerate(batch):
+            x[row, : len(inputs)] = torch.tensor(inputs)
+        logprobs = F.log_softmax(model(x.to(model.wte.weight.device))[0].float(), dim=-1)
+        for row, (_, targets) in enumerate(batch):
+            scored = [t for t, target in enumerate(targets) if target != -100]  # the new tokens
+            new = torch.tensor([targets[t] for t in scored], device=logprobs.device)
+            rows = logprobs[row, scored]
+            chosen = rows.gather(-1, new[:, None]).squeeze(-1).tolist()
+            best = rows.topk(top, dim=-1) if top else None
+            for i, (token, logprob) in enumerate(zip(new.tolist(), chosen, strict=True)):
+                alternatives = None
+                if top:
+                    alternatives = dict(zip(best.indices[i].tolist(), best.values[i].tolist(), strict=True))
+                steps.append(Step(token, logprob, "", None, alternatives))
     return steps
 
 

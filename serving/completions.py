@@ -53,7 +53,7 @@ class Completions:
     async def create(self, request: CompletionRequest, http: Request) -> Response | CompletionResponse:
         prompts = await self.encode(request)
         if request.echo and request.logprobs is not None:
-            await self.score(prompts, request.logprobs)
+            await self.score(prompts, request.logprobs, request.score_stride)
         prompt_of = [p for p in prompts for _ in range(request.n)]  # choice i continues prompt_of[i]
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_id}
         if request.max_tokens == 0:  # echo only: the prompts, scored, and nothing generated
@@ -93,10 +93,13 @@ class Completions:
                     400, f"token id {bad[0]} is outside the vocabulary [0, {vocab})", param="prompt"
                 )
         context, keep = self.model.config.block_size, request.truncate_prompt_tokens
+        if request.score_stride is not None and request.score_stride > context:
+            message = f"score_stride is {request.score_stride}, above the model's context of {context}"
+            raise APIError(400, message, param="score_stride")
         for i, ids in enumerate(encoded):
             if keep:
                 encoded[i] = ids[-keep:]
-            elif len(ids) > context:
+            elif len(ids) > context and request.score_stride is None:
                 raise APIError(
                     400,
                     f"the prompt is {len(ids)} tokens, longer than the model's context of {context} "
@@ -114,11 +117,11 @@ class Completions:
         texts = texts or [tokenizer.decode(ids) for ids in encoded]
         return [Prompt(text, ids, []) for text, ids in zip(texts, encoded, strict=True)]
 
-    async def score(self, prompts: list[Prompt], top: int) -> None:
+    async def score(self, prompts: list[Prompt], top: int, stride: int | None) -> None:
         """Each prompt's tokens with their logprobs, as OpenAI's echo with logprobs reports them
         (how evaluation harnesses score text through the API)."""
         scored = await run_in_threadpool(
-            lambda: [prompt_logprobs(self.model, p.ids, top) if p.ids else [] for p in prompts]
+            lambda: [prompt_logprobs(self.model, p.ids, top, stride) if p.ids else [] for p in prompts]
         )
         for prompt, steps in zip(prompts, scored, strict=True):
             prompt.scored = steps

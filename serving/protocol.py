@@ -131,6 +131,13 @@ class CompletionRequest(Sampling):
                     "then": {"properties": {"echo": {"const": True}}, "required": ["echo"]},
                 },
                 {
+                    "if": {"properties": {"score_stride": {"type": "integer"}}, "required": ["score_stride"]},
+                    "then": {
+                        "properties": {"echo": {"const": True}, "max_tokens": {"const": 0}},
+                        "required": ["echo", "logprobs", "max_tokens"],
+                    },
+                },
+                {
                     "if": {
                         "properties": {"stream_options": {"type": "object"}},
                         "required": ["stream_options"],
@@ -147,6 +154,9 @@ class CompletionRequest(Sampling):
     logprobs: Annotated[StrictInt, Field(ge=0, le=5), BeforeValidator(integral)] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
+    # with echo, logprobs and max_tokens 0: score a prompt of any length, every token once, by
+    # windows of the context sliding by this many tokens (fingpt-evaluate's stride)
+    score_stride: Annotated[StrictInt, Field(ge=1), BeforeValidator(integral)] | None = None
 
     def check(self, limits: Limits) -> None:
         super().check(limits)
@@ -155,6 +165,10 @@ class CompletionRequest(Sampling):
         if self.max_tokens == 0 and not self.echo:
             message = "max_tokens must be at least 1 (0 only with echo, to score the prompt)"
             raise APIError(400, message, param="max_tokens")
+        scoring = self.echo and self.logprobs is not None and self.max_tokens == 0
+        if self.score_stride is not None and not scoring:
+            message = "score_stride is for scoring a prompt: send it with echo, logprobs and max_tokens 0"
+            raise APIError(400, message, param="score_stride")
         if self.stream_options is not None and not self.stream:
             raise APIError(400, "stream_options is only allowed with stream: true", param="stream_options")
 

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from fingpt.checkpoint import load_model
-from fingpt.evaluate import evaluate, main, score, windows
+from fingpt.evaluate import evaluate, main, score
+from fingpt.generation import windows
 from tests.conftest import compose
 
 TEXT = "Operator: Good day. Revenue was $1.48 billion, up 24.9% in Q3'24."

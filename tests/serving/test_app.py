@@ -149,6 +149,12 @@ def test_the_original_generate_endpoint(client):
         ({"prompt": [1, 2, 10**6]}, "prompt", "token id 1000000 is outside the vocabulary"),
         ({"prompt": [PROMPT] * 17, "n": 4, "max_tokens": 1}, "prompt", "asks for 68 completions"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed with stream"),
+        ({"score_stride": 8}, "score_stride", "send it with echo, logprobs and max_tokens 0"),
+        (
+            {"score_stride": 33, "echo": True, "logprobs": 0, "max_tokens": 0},
+            "score_stride",
+            "score_stride is 33, above the model's context of 32",
+        ),
     ],
 )
 def test_bad_requests_get_400_in_the_openai_error_shape(client, body, param, message):
@@ -351,3 +357,25 @@ def test_fingpt_serve_ends_in_one_line_when_its_model_cannot_load(corrupt_bundle
         f"error: bundle {corrupt_bundle}: model.safetensors is corrupt (its SHA-256 differs from card.json)"
     ]
     assert "Traceback" not in run.stderr and "ERROR" not in run.stderr
+
+
+def test_score_stride_scores_a_long_call_in_one_request_as_fingpt_evaluate_does(client, bundle):
+    import math
+
+    from fingpt.checkpoint import load_model
+    from fingpt.evaluate import score
+
+    loaded = load_model(bundle)
+    text = " ".join([PROMPT, "Revenue was $1.48 billion, up 24.9% in Q3'24."] * 8)
+    ids = [loaded.tokenizer.eot_id, *loaded.tokenizer.encode(text)]  # as fingpt-evaluate sees a call
+    assert len(ids) > 3 * 32  # several windows of the tiny model's context
+    body = {"prompt": ids, "echo": True, "logprobs": 2, "max_tokens": 0, "score_stride": 16}
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 200
+    logprobs = response.json()["choices"][0]["logprobs"]
+    assert len(logprobs["token_logprobs"]) == len(ids) and logprobs["token_logprobs"][0] is None
+    assert all(len(top) == 2 for top in logprobs["top_logprobs"][1:])
+    expected = score(loaded.model, loaded.tokenizer, [text], stride=16)
+    assert -sum(logprobs["token_logprobs"][1:]) == pytest.approx(expected.nll, rel=1e-5)
+    bpb = -sum(logprobs["token_logprobs"][1:]) / math.log(2) / len(text.encode())
+    assert bpb == pytest.approx(expected.bpb, rel=1e-5)
