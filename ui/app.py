@@ -19,6 +19,7 @@ import streamlit as st
 ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # `streamlit run ui/app.py` puts only ui/ on the path
     sys.path.insert(0, ROOT)
+from ui import score  # noqa: E402
 from ui.client import DEFAULT_URL, Client, ServerError  # noqa: E402
 
 OPENINGS = {
@@ -280,6 +281,56 @@ def history() -> None:
         st.rerun()
 
 
+def score_call(client: Client, model: dict | None) -> None:
+    """Paste or upload a call: each token shaded by how much it surprised the model, the call's
+    bits per byte against the model's validation figure, and the most surprising sentences."""
+    st.text_area("Transcript", key="transcript", height=220, placeholder="Paste an earnings call here")
+    upload = st.file_uploader("or upload a .txt", type=["txt"], key="upload")
+    if not st.button("Score", type="primary", key="score"):
+        return
+    text = upload.getvalue().decode("utf-8", errors="replace") if upload else st.session_state.transcript
+    if not text.strip():
+        st.error("Paste a transcript, or upload a .txt, to score.")
+        return
+    if len(text) > score.MAX_CHARS:
+        st.error(
+            f"The text is {len(text):,} characters, over the limit of {score.MAX_CHARS:,}: "
+            "score a part of it."
+        )
+        return
+    if model is None:
+        st.error("The server is not ready (see the sidebar): the call cannot be scored yet.")
+        return
+    context = model["context_length"]
+    stride = max(1, context // 2)  # fingpt-evaluate's default
+    try:
+        with st.spinner("Scoring..."):
+            scored = score.tokens(client.score(text, stride))
+    except ServerError as e:
+        show(e)
+        return
+    bpb = score.bits_per_byte(scored, text)
+    validated = (model.get("card") or {}).get("val_bpb")
+    st.metric(
+        "Bits per byte", f"{bpb:.3f}", None if validated is None else f"{bpb - validated:+.3f}", "inverse"
+    )
+    if validated is not None:
+        harder = "harder" if bpb > validated else "easier"
+        st.write(f"This call is {harder} for the model than the calls it was validated on ({validated:.3f}).")
+    st.caption(
+        f"{len(scored):,} tokens, {len(text.encode()):,} bytes, scored in windows of {context} tokens "
+        f"sliding by {stride}: every token once, after the first window with at least {context - stride} "
+        "tokens of context."
+    )
+    st.html(score.legend_html() + score.shaded_html(scored))
+    st.subheader("The most surprising sentences")
+    ranked = score.sentences(scored, text)[:10]
+    st.table([{"mean bits": round(s.bits, 2), "tokens": s.tokens, "sentence": s.text} for s in ranked])
+    st.download_button(
+        "Per-token scores (CSV)", score.scores_csv(scored), "scores.csv", "text/csv", key="csv"
+    )
+
+
 def main() -> None:
     st.set_page_config(page_title="fingpt", page_icon="📈")
     init_state()
@@ -287,6 +338,12 @@ def main() -> None:
     client, model = sidebar()
     context = model["context_length"] if model else None
     st.title("fingpt")
+    if st.radio("Mode", ["Write a call", "Score a call"], horizontal=True, key="mode") == "Score a call":
+        st.caption(
+            "Where a transcript departs from how calls usually go: the tokens the model found unlikely."
+        )
+        score_call(client, model)
+        return
     st.caption("A GPT trained from scratch on S&P 500 earnings calls. Start a call; it writes the rest.")
     prompt_box(context)
     controls(model["max_tokens"] if model else None)

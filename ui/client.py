@@ -17,6 +17,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 STATUS_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 # chunks come one token at a time; the server itself ends a request after its timeout (120 s by default)
 STREAM_TIMEOUT = httpx.Timeout(30.0, connect=3.0, read=300.0)
+EOT = "<|endoftext|>"  # as the tokenizer writes the end of a call: fingpt-evaluate starts each call with it
 
 
 class ServerError(Exception):
@@ -137,6 +138,27 @@ class Client:
                 if data == "[DONE]":
                     return
                 yield self._chunk(json.loads(data))
+
+    def score(self, text: str, stride: int) -> dict:
+        """Every token of `text` scored in one request: the echoed prompt's `logprobs` (tokens,
+        token_logprobs, top_logprobs, text_offset), `<|endoftext|>` first as fingpt-evaluate
+        scores a call, then windows of the model's context sliding by `stride` tokens."""
+        body = {
+            "prompt": EOT + text,
+            "echo": True,
+            "logprobs": 5,
+            "max_tokens": 0,
+            "score_stride": stride,
+        }
+        url = f"{self.url}/v1/completions"
+        with self._reaching():
+            response = httpx.post(url, json=body, headers=self.headers, timeout=STREAM_TIMEOUT)
+        if response.status_code != 200:
+            raise self._error(response)
+        try:
+            return self._json(response)["choices"][0]["logprobs"]
+        except (KeyError, IndexError, TypeError):
+            raise self._not_fingpt(response) from None
 
     def _chunk(self, payload: dict) -> Chunk:
         if "error" in payload:  # the stream had started when the request failed

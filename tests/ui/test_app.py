@@ -1,5 +1,6 @@
 """The page (ui/app.py) in Streamlit's AppTest, against live servers on the tiny bundle."""
 
+import math
 from html import escape
 
 import httpx
@@ -273,3 +274,59 @@ def test_a_model_that_failed_to_load_is_not_called_still_loading():
     assert not error.warning
     loading = explain(503, {"code": "loading", "message": "the model is still loading: retry shortly"}, False)
     assert loading.message == "The model is still loading: try again in a few seconds." and loading.warning
+
+
+CALL = (
+    "Operator: Good afternoon, and welcome to the Acme Corp Fourth Quarter 2024 Earnings Call. "
+    "Revenue was $1.48 billion, up 24.9% year-over-year. Thank you. Our next question comes from "
+    "Alex Chen with Evercore ISI.\nAlex Chen: Can you talk about margins?"
+)
+
+
+def score_on_the_page(at, text: str):
+    at.radio(key="mode").set_value("Score a call").run()
+    at.text_area(key="transcript").set_value(text).run()
+    at.button(key="score").click().run()
+    assert not at.exception
+    return at
+
+
+def test_score_a_call_shows_fingpt_evaluates_bits_per_byte_and_ranks_sentences(server, page, bundle):
+    from fingpt.checkpoint import load_model
+    from fingpt.evaluate import score
+    from ui.client import Client
+    from ui.score import sentences, tokens
+
+    at = score_on_the_page(page(server.url), CALL * 3)  # several windows of the 32-token context
+    loaded = load_model(bundle)
+    expected = score(loaded.model, loaded.tokenizer, [CALL * 3], stride=16)  # one-call corpus
+    assert float(at.metric[0].value) == pytest.approx(expected.bpb, rel=0.005, abs=0.0005)
+    assert f"{expected.tokens:,} tokens" in at.caption[-1].value and "sliding by 16" in at.caption[-1].value
+    # each token's surprisal is its logprob in bits; sentences rank by their tokens' mean
+    scored = tokens(Client(server.url).score(CALL * 3, 16))
+    assert [t.bits for t in scored] == [-t.logprob / math.log(2) for t in scored]
+    ranked = sentences(scored, CALL * 3)
+    table = at.table[0].value
+    assert list(table["mean bits"]) == [round(s.bits, 2) for s in ranked[:10]]
+    assert list(table["mean bits"]) == sorted(table["mean bits"], reverse=True)
+    # every token counts in exactly one sentence's mean
+    assert sum(s.tokens for s in ranked) == len(scored)
+    assert sum(s.bits * s.tokens for s in ranked) == pytest.approx(sum(t.bits for t in scored))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("   ", "Paste a transcript, or upload a .txt, to score."),
+        ("x" * 200_001, "The text is 200,001 characters, over the limit of 200,000: score a part of it."),
+    ],
+)
+def test_score_a_call_refuses_empty_or_too_long_text(server, page, text, message):
+    at = score_on_the_page(page(server.url), text)
+    assert messages(at.error) == [message] and not at.metric
+
+
+def test_score_a_call_says_when_the_server_cannot_be_reached(closed_url, page):
+    at = score_on_the_page(page(closed_url), CALL)
+    assert any("Cannot reach the server" in m for m in messages(at.error))
+    assert "The server is not ready (see the sidebar): the call cannot be scored yet." in messages(at.error)
