@@ -164,3 +164,24 @@ def test_the_stop_button_ends_a_long_generation(slow_server, streamlit_page, bro
     )
     assert not browser.find_elements(By.XPATH, "//button[normalize-space(.)='Stop generating']")
     wait(browser, lambda _: not slow_server.engine.owners, 30)  # the server dropped it
+
+
+def test_score_a_call_in_a_real_browser_and_take_a_screenshot(server, streamlit_page, browser, tmp_path):
+    browser.get(streamlit_page(server.url))
+    wait_for_text(browser, "Ready: serving tiny")
+    path = "//*[@data-testid='stRadio']//label[normalize-space(.)='Score a call']"
+    wait(browser, lambda d: d.find_elements(By.XPATH, path), 30)[0].click()
+    transcript = "textarea[aria-label='Transcript']"
+    field = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, transcript), 30)[0]
+    call = "Operator: Good afternoon. Revenue was $1.48 billion, up 24.9%. Our next question comes from Alex."
+    field.send_keys(call)
+    field.send_keys(Keys.CONTROL, Keys.ENTER)  # commit the text before the click
+    button(browser, "Score").click()
+    wait_for_text(browser, "The most surprising sentences")
+    shaded = browser.find_elements(By.CSS_SELECTOR, "[data-testid='stHtml'] span[title*='bits, p =']")
+    assert "".join(span.text for span in shaded).strip() == call  # every token, shaded, in order
+    assert "Bits per byte" in browser.find_element(By.TAG_NAME, "body").text
+    path = Path(os.environ.get("FINGPT_SCORE_SCREENSHOT") or tmp_path / "fingpt-score.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(path))
+    print(f"screenshot: {path}")
