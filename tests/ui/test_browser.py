@@ -166,16 +166,16 @@ def test_the_stop_button_ends_a_long_generation(slow_server, streamlit_page, bro
     wait(browser, lambda _: not slow_server.engine.owners, 30)  # the server dropped it
 
 
-def test_score_a_call_in_a_real_browser_and_take_a_screenshot(server, streamlit_page, browser, tmp_path):
+def test_score_an_uploaded_call_in_a_browser_and_take_a_screenshot(server, streamlit_page, browser, tmp_path):
     browser.get(streamlit_page(server.url))
     wait_for_text(browser, "Ready: serving tiny")
     path = "//*[@data-testid='stRadio']//label[normalize-space(.)='Score a call']"
     wait(browser, lambda d: d.find_elements(By.XPATH, path), 30)[0].click()
-    transcript = "textarea[aria-label='Transcript']"
-    field = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, transcript), 30)[0]
     call = "Operator: Good afternoon. Revenue was $1.48 billion, up 24.9%. Our next question comes from Alex."
-    field.send_keys(call)
-    field.send_keys(Keys.CONTROL, Keys.ENTER)  # commit the text before the click
+    (tmp_path / "call.txt").write_text(call)  # uploaded as a file (AppTest covers pasting)
+    upload = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type='file']"), 30)[0]
+    upload.send_keys(str(tmp_path / "call.txt"))
+    wait_for_text(browser, "call.txt")
     button(browser, "Score").click()
     wait_for_text(browser, "The most surprising sentences")
     shaded = browser.find_elements(By.CSS_SELECTOR, "[data-testid='stHtml'] span[title*='bits, p =']")
