@@ -17,18 +17,17 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from fingpt.checkpoint import load_model
 from fingpt.cli import user_errors
 from fingpt.config import CONF_DIR
 from fingpt.data.sources import DataError
-from fingpt.generation import SamplingParams, generate, windows
+from fingpt.generation import SamplingParams, generate, window_logprobs, windows
 from fingpt.model import GPT
 from fingpt.quantize import to_dtype
 from fingpt.tokenizer import Tokenizer
@@ -56,33 +55,19 @@ def score(
     stride = block // 2 if stride is None else stride
     if not isinstance(stride, int) or not 0 < stride <= block:
         raise ValueError(f"stride must be in [1, block_size={block}], got {stride}")
-    device = model.wte.weight.device
-    nll, tokens, n_bytes, calls = 0.0, 0, 0, 0
-    batch: list[tuple[list[int], list[int]]] = []
+    counted = {"calls": 0, "bytes": 0}
 
-    def run(batch) -> tuple[float, int]:
-        width = max(len(x) for x, _ in batch)
-        x = torch.zeros(len(batch), width, dtype=torch.long)
-        y = torch.full((len(batch), width), -100, dtype=torch.long)
-        for i, (inputs, targets) in enumerate(batch):
-            x[i, : len(inputs)] = torch.tensor(inputs)
-            y[i, : len(targets)] = torch.tensor(targets)
-        logits, _ = model(x.to(device))
-        y = y.to(device)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
-        return loss.item(), int((y != -100).sum())
+    def every_window() -> Iterator[tuple[list[int], list[int]]]:
+        for text in texts:
+            counted["calls"] += 1
+            counted["bytes"] += len(text.encode("utf-8"))
+            yield from windows([tokenizer.eot_id, *tokenizer.encode(text)], block, stride)
 
-    for text in texts:
-        calls += 1
-        n_bytes += len(text.encode("utf-8"))
-        for window in windows([tokenizer.eot_id, *tokenizer.encode(text)], block, stride):
-            batch.append(window)
-            if len(batch) == batch_size:
-                batch_nll, batch_tokens = run(batch)
-                nll, tokens, batch = nll + batch_nll, tokens + batch_tokens, []
-    if batch:
-        batch_nll, batch_tokens = run(batch)
-        nll, tokens = nll + batch_nll, tokens + batch_tokens
+    nll, tokens = 0.0, 0
+    for logprobs, new in window_logprobs(model, every_window(), batch_size):
+        nll = nll - logprobs.gather(-1, new[:, None]).sum().double()  # stays on the device
+        tokens += len(new)
+    calls, n_bytes, nll = counted["calls"], counted["bytes"], float(nll)
     if calls == 0 or n_bytes == 0:
         raise DataError("the corpus has no text to score: check data.path and split")
     return Score(nll / math.log(2) / n_bytes, math.exp(nll / tokens), tokens, n_bytes, calls, nll)

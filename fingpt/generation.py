@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import codecs
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -287,6 +287,32 @@ def windows(ids: list[int], block_size: int, stride: int) -> Iterator[tuple[list
         start += stride
 
 
+def window_logprobs(
+    model: GPT, cut: Iterable[tuple[list[int], list[int]]], batch_size: int = 32
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """For each window (inputs, targets) of `windows`, run batch_size at a time: the
+    log-probabilities at its new tokens' places (N, vocab) and those tokens (N,)."""
+    batch: list[tuple[list[int], list[int]]] = []
+    for window in cut:
+        batch.append(window)
+        if len(batch) == batch_size:
+            yield from _window_batch(model, batch)
+            batch = []
+    if batch:
+        yield from _window_batch(model, batch)
+
+
+def _window_batch(model: GPT, batch: list[tuple[list[int], list[int]]]):
+    width = max(len(inputs) for inputs, _ in batch)
+    x = torch.zeros(len(batch), width, dtype=torch.long)
+    for row, (inputs, _) in enumerate(batch):
+        x[row, : len(inputs)] = torch.tensor(inputs)
+    logprobs = F.log_softmax(model(x.to(model.wte.weight.device))[0].float(), dim=-1)
+    for row, (_, targets) in enumerate(batch):
+        new = [t for t, target in enumerate(targets) if target != -100]  # not scored before
+        yield logprobs[row, new], torch.tensor([targets[t] for t in new], device=logprobs.device)
+
+
 @torch.inference_mode()
 def prompt_logprobs(
     model: GPT, ids: list[int], top: int = 0, stride: int | None = None, batch_size: int = 32
@@ -301,25 +327,14 @@ def prompt_logprobs(
         steps = [Step(token, None, "", None, None) for token in ids[:-block]]
         ids, stride = ids[-block:], block
     steps.append(Step(ids[0], None, "", None, None))
-    cut = list(windows(ids, block, stride))
-    for start in range(0, len(cut), batch_size):
-        batch = cut[start : start + batch_size]
-        width = max(len(inputs) for inputs, _ in batch)
-        x = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, (inputs, _) in enumerate(batch):
-            x[row, : len(inputs)] = torch.tensor(inputs)
-        logprobs = F.log_softmax(model(x.to(model.wte.weight.device))[0].float(), dim=-1)
-        for row, (_, targets) in enumerate(batch):
-            scored = [t for t, target in enumerate(targets) if target != -100]  # the new tokens
-            new = torch.tensor([targets[t] for t in scored], device=logprobs.device)
-            rows = logprobs[row, scored]
-            chosen = rows.gather(-1, new[:, None]).squeeze(-1).tolist()
-            best = rows.topk(top, dim=-1) if top else None
-            for i, (token, logprob) in enumerate(zip(new.tolist(), chosen, strict=True)):
-                alternatives = None
-                if top:
-                    alternatives = dict(zip(best.indices[i].tolist(), best.values[i].tolist(), strict=True))
-                steps.append(Step(token, logprob, "", None, alternatives))
+    for logprobs, new in window_logprobs(model, windows(ids, block, stride), batch_size):
+        chosen = logprobs.gather(-1, new[:, None]).squeeze(-1).tolist()
+        best = logprobs.topk(top, dim=-1) if top else None
+        for i, (token, logprob) in enumerate(zip(new.tolist(), chosen, strict=True)):
+            alternatives = None
+            if top:
+                alternatives = dict(zip(best.indices[i].tolist(), best.values[i].tolist(), strict=True))
+            steps.append(Step(token, logprob, "", None, alternatives))
     return steps
 
 
