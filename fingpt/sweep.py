@@ -37,24 +37,33 @@ def summarize(sweep_dir: Path) -> list[dict]:
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
         row["overrides"] = " ".join(o for o in row["overrides"] if o not in shared)  # what varies
-    with (sweep_dir / "sweep_summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+    write_tables(
+        sweep_dir / "sweep_summary",
+        COLUMNS,
+        rows,
+        [
+            f"# Sweep {sweep_dir.name}: {len(rows)} runs, best val/bpb first",
+            "",
+            "| rank | val/bpb | val/loss | steps | tokens/s | parameters | wall (s) | overrides |",
+            "|---:|---:|---:|---:|---:|---:|---:|---|",
+            *(
+                f"| {r['rank']} | {r['val_bpb']:.4f} | {r['val_loss']:.4f} | {r['steps']} | "
+                f"{r.get('tokens_per_second', '')} | {r.get('parameters', '')} | {r['wall_seconds']} | "
+                f"`{r['overrides']}` |"
+                for r in rows
+            ),
+        ],
+    )
+    return rows
+
+
+def write_tables(path: Path, columns: tuple[str, ...], rows: list[dict], markdown: list[str]) -> None:
+    """`path`.csv (the rows' `columns`) and `path`.md (the `markdown` lines)."""
+    with path.with_suffix(".csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = [
-        f"# Sweep {sweep_dir.name}: {len(rows)} runs, best val/bpb first",
-        "",
-        "| rank | val/bpb | val/loss | steps | tokens/s | parameters | wall (s) | overrides |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    lines += [
-        f"| {r['rank']} | {r['val_bpb']:.4f} | {r['val_loss']:.4f} | {r['steps']} | "
-        f"{r.get('tokens_per_second', '')} | {r.get('parameters', '')} | {r['wall_seconds']} | "
-        f"`{r['overrides']}` |"
-        for r in rows
-    ]
-    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
-    return rows
+    path.with_suffix(".md").write_text("\n".join(markdown) + "\n")
 
 
 def open_storage(url: str, attempts: int = 10) -> None:
@@ -106,24 +115,24 @@ def summarize_study(storage: str, study_name: str, folder: Path) -> list[dict]:
     with (folder / ".study_summary.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rows = study_rows(storage, study_name, folder)
-        with (folder / "study_summary.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=STUDY_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
         complete = sum(r["state"] == "COMPLETE" for r in rows)
-        lines = [
-            f"# Study {study_name}: {len(rows)} trials, {complete} complete, best val/bpb first",
-            "",
-            "| trial | state | val/bpb | overrides | run |",
-            "|---:|---|---:|---|---|",
-        ]
-        lines += [
-            f"| {r['trial']} | {r['state']} | "
-            f"{'' if r['val_bpb'] is None else format(r['val_bpb'], '.4f')} | `{r['overrides']}` | "
-            f"{r['run']} |"
-            for r in rows
-        ]
-        (folder / "study_summary.md").write_text("\n".join(lines) + "\n")
+        write_tables(
+            folder / "study_summary",
+            STUDY_COLUMNS,
+            rows,
+            [
+                f"# Study {study_name}: {len(rows)} trials, {complete} complete, best val/bpb first",
+                "",
+                "| trial | state | val/bpb | overrides | run |",
+                "|---:|---|---:|---|---|",
+                *(
+                    f"| {r['trial']} | {r['state']} | "
+                    f"{'' if r['val_bpb'] is None else format(r['val_bpb'], '.4f')} | `{r['overrides']}` | "
+                    f"{r['run']} |"
+                    for r in rows
+                ),
+            ],
+        )
     return rows
 
 
