@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fingpt.quantize import DTYPES
 from serving.protocol import Limits
 
 
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "float32", "bfloat16", "float16", "int8"],
+        choices=["auto", *DTYPES],
         help="weights and cache; auto: bfloat16 on CUDA, else the bundle's; int8: weight-only int8 "
         "linear layers on a CPU (one stream decodes 2-3x faster than in float32, bench/serve.py)",
     )
