@@ -2,15 +2,13 @@
 two nodes of one device each, started by Lightning's own launcher or by torchrun."""
 
 import json
-import os
 import socket
 import subprocess
-import sys
 
-from tests.conftest import DATA_DIR, FAST, ROOT
+from tests.conftest import ROOT, cli, run_cli
 from tests.helpers import read_records
 
-STEPS = ["trainer.max_steps=4", "trainer.val_check_interval=4", "run_name=scaled"]
+STEPS = ["trainer.max_steps=4", "trainer.val_check_interval=4", "run_name=scaled", "trainer=ddp"]
 
 
 def free_port() -> int:
@@ -22,28 +20,19 @@ def free_port() -> int:
 def train_on_two_nodes(launcher: str, tmp_path, cache_dir) -> dict:
     """Start node 1 then node 0 of `trainer.num_nodes=2 trainer.devices=1`; node 0's result."""
     port = free_port()
-    args = [
-        "train.py",
-        *FAST,
-        *STEPS,
-        "trainer=ddp",
-        "trainer.devices=1",
-        "trainer.num_nodes=2",
-        f"paths.cache_dir={cache_dir}",
-        f"paths.log_dir={tmp_path}",
+    recorder = [
         "+callbacks.recorder._target_=tests.helpers.BatchRecorder",
         f"+callbacks.recorder.path={tmp_path}/batches",
     ]
-    env = {**os.environ, "FINGPT_DATA_DIR": str(DATA_DIR), "PYTHONPATH": str(ROOT)}
+    cmd, env = cli([*STEPS, "trainer.devices=1", "trainer.num_nodes=2", *recorder], tmp_path, cache_dir)
     nodes = []
     for node_rank in (1, 0):
         if launcher == "torchrun":
             rendezvous = ["--nnodes=2", "--nproc_per_node=1", f"--node_rank={node_rank}"]
             rendezvous += ["--master_addr=127.0.0.1", f"--master_port={port}"]
-            cmd = [sys.executable, "-m", "torch.distributed.run", *rendezvous, *args]
-            node_env = env
+            node_cmd, node_env = [cmd[0], "-m", "torch.distributed.run", *rendezvous, *cmd[1:]], env
         else:  # Lightning's launcher reads the node's rank and the master's address from the environment
-            cmd = [sys.executable, *args]
+            node_cmd = cmd
             node_env = {
                 **env,
                 "NODE_RANK": str(node_rank),
@@ -51,7 +40,9 @@ def train_on_two_nodes(launcher: str, tmp_path, cache_dir) -> dict:
                 "MASTER_PORT": str(port),
             }
         nodes.append(
-            subprocess.Popen(cmd, cwd=ROOT, env=node_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            subprocess.Popen(
+                node_cmd, cwd=ROOT, env=node_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
         )
     for node in nodes:
         output, _ = node.communicate(timeout=300)
@@ -60,12 +51,8 @@ def train_on_two_nodes(launcher: str, tmp_path, cache_dir) -> dict:
 
 
 def test_two_nodes_train_as_two_devices_of_one_node(tmp_path, cache_dir):
-    one_node = tmp_path / "one_node"
-    cmd = [sys.executable, "train.py", *FAST, *STEPS, "trainer=ddp", "trainer.devices=2"]
-    cmd += [f"paths.cache_dir={cache_dir}", f"paths.log_dir={one_node}"]
-    env = {**os.environ, "FINGPT_DATA_DIR": str(DATA_DIR), "PYTHONPATH": str(ROOT)}
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
-    expected = json.loads((one_node / "scaled" / "result.json").read_text())
+    run_cli([*STEPS, "trainer.devices=2"], tmp_path / "one_node", cache_dir)
+    expected = json.loads((tmp_path / "one_node" / "scaled" / "result.json").read_text())
 
     for launcher in ("lightning", "torchrun"):
         result = train_on_two_nodes(launcher, tmp_path / launcher, cache_dir)
