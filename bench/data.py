@@ -77,7 +77,7 @@ def stream_peak(folder: Path) -> tuple[int, float, float]:
 
 
 def main() -> None:
-    data_dir = Path(os.environ.get("FINGPT_DATA_DIR", ROOT.parent / "shared" / "data"))
+    data_dir = Path(os.environ.get("FINGPT_DATA_DIR", ROOT / "data"))  # fingpt-data download ectsum
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=data_dir / "ectsum" / "train.parquet")
     args = parser.parse_args()

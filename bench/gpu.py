@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--models", default="modern_small,gpt2", help="comma-separated model configs")
     args, overrides = parser.parse_known_args()
     models = args.models.split(",")
-    os.environ.setdefault("FINGPT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+    os.environ.setdefault("FINGPT_DATA_DIR", str(ROOT / "data"))  # make data
 
     results = []
     with tempfile.TemporaryDirectory() as log_dir:

@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = load_model(args.model)
-    data = Path(os.environ.get("FINGPT_DATA_DIR", ROOT.parent / "shared" / "data"))
+    data = Path(os.environ.get("FINGPT_DATA_DIR", ROOT / "data"))  # fingpt-data download ectsum
     calls = pq.read_table(data / "ectsum" / "validation.parquet", columns=["content"])["content"]
     text = ""
     for call in calls:

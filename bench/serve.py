@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pyarrow.parquet as pq
 import torch
 import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
@@ -277,9 +278,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "sp500_sample" / "input.txt"
-    text = data.read_text() if data.exists() else PROMPT * 200
-    tokenizer = BPETokenizer.train([text], vocab_size=args.vocab_size)
+    sample = Path(__file__).resolve().parents[1] / "tests" / "corpus" / "maec" / "calls.parquet"
+    tokenizer = BPETokenizer.train(pq.read_table(sample)["content"].to_pylist(), vocab_size=args.vocab_size)
     torch.manual_seed(0)
     config = GPTConfig(
         vocab_size=tokenizer.vocab_size, block_size=1024, n_embd=args.n_embd, n_head=args.n_head,

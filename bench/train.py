@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -181,11 +180,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", choices=["bpe", "char"], default="bpe", help="char: the original's")
     args = parser.parse_args()
 
-    os.environ.setdefault("FINGPT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose(
-            "prepare", ["data=sp500_sample", f"tokenizer={args.tokenizer}", f"paths.cache_dir={tmp}"]
-        )
+    with tempfile.TemporaryDirectory() as tmp:  # the calls committed in tests/corpus: any clone has them
+        overrides = [f"paths.data_dir={ROOT / 'tests' / 'corpus'}", f"tokenizer={args.tokenizer}"]
+        cfg = compose("prepare", [*overrides, f"paths.cache_dir={tmp}"])
         folder = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
         manifest = load_manifest(folder)
         data = TranscriptDataModule(folder, block_size=args.block_size, batch_size=args.batch_size)

@@ -1,7 +1,7 @@
 """Bits per byte of a trained model on any corpus the data stage reads.
 
     python -m fingpt.evaluate model=lightning_logs/RUN/checkpoints/best-....ckpt \\
-        data=local data.path=../shared/data/ectsum/validation.parquet
+        data=local data.path=data/ectsum/validation.parquet
     fingpt-evaluate model=models/latest data=ectsum split=validation stride=64
 
 Every call is tokenized with the model's own tokenizer, preceded by <|endoftext|> as in

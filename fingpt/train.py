@@ -1,6 +1,6 @@
 """Train a GPT on earnings calls (`python train.py ...` or `fingpt-train ...`).
 
-    python train.py                                   # model=tiny on data=sp500_sample, CPU
+    python train.py                                   # model=tiny on data=cc_by_sa, CPU
     python train.py model=small trainer=gpu precision=bf16-mixed
     python train.py experiment=seed_char              # the original model and hyperparameters
     python train.py -m model.dropout=0.0,0.1,0.2      # a sweep: lightning_logs/multirun/...

@@ -4,53 +4,76 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("FINGPT_DATA_DIR", ROOT.parent / "shared" / "data"))
-SEPARATOR = "--- NEXT EARNINGS CALL ---"
+# Real calls committed with the tests (MAEC and Earnings-21/22, CC BY-SA 4.0; corpus/NOTICE.md),
+# laid out as a data folder: what every test reads.
+DATA_DIR = ROOT / "tests" / "corpus"
+# The full corpora (make data; the Makefile points FINGPT_DATA_DIR at them): read only by the
+# tests marked @pytest.mark.corpora(NAME, ...), skipped where those corpora are not there.
+CORPORA_DIR = Path(os.environ.get("FINGPT_DATA_DIR", ROOT / "data"))
+CORPUS_FILES = {
+    "ectsum": "ectsum/validation.parquet",
+    "maec": "maec/calls.parquet",
+    "earnings21_22": "earnings21_22/calls.parquet",
+    "sp500_sample": "sp500_sample/input.txt",
+}
+
+
+def pytest_runtest_setup(item):
+    marker = item.get_closest_marker("corpora")
+    names = marker.args if marker else ()
+    if missing := [name for name in names if not (CORPORA_DIR / CORPUS_FILES[name]).is_file()]:
+        pytest.skip(f"needs the corpora {', '.join(missing)} in FINGPT_DATA_DIR ({CORPORA_DIR}): make data")
 
 
 @pytest.fixture(autouse=True, scope="session")
-def private_models_dir(tmp_path_factory):
-    """No test exports into the checkout's models/: make demo serves models/latest."""
+def private_folders(tmp_path_factory):
+    """No test exports into the checkout's models/ (make demo serves models/demo), and none reads
+    the full corpora unless it is marked to: FINGPT_DATA_DIR is the sample."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FINGPT_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
+        patch.setenv("FINGPT_DATA_DIR", str(DATA_DIR))
         yield
 
 
 @pytest.fixture(scope="session")
-def sp500_calls() -> list[str]:
-    path = DATA_DIR / "sp500_sample" / "input.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} not found: set FINGPT_DATA_DIR to the folder of the corpora")
-    return [call.strip("\n") for call in path.read_text(encoding="utf-8").split(SEPARATOR)]
+def sample_calls() -> list[str]:
+    """The texts of the sample's calls: MAEC's, then Earnings-21/22's."""
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(DATA_DIR / name / "calls.parquet") for name in ("maec", "earnings21_22")]
+    return [text for table in tables for text in table["content"].to_pylist()]
 
 
 @pytest.fixture(scope="session")
-def bpe(sp500_calls):
+def bpe(sample_calls):
     from fingpt.tokenizer import BPETokenizer
 
-    return BPETokenizer.train(sp500_calls, vocab_size=8192)
+    return BPETokenizer.train(sample_calls, vocab_size=8192)
 
 
 def compose(config_name: str, overrides: list[str]):
-    """The project's real Hydra config as the command line composes it, on the test corpora."""
+    """The project's real Hydra config as the command line composes it, on the sample (a later
+    paths.data_dir= in `overrides` wins)."""
     from fingpt.config import compose as compose_config
 
     return compose_config(config_name, [f"paths.data_dir={DATA_DIR}", *overrides])
 
 
 @pytest.fixture(scope="session")
-def prepared(tmp_path_factory, sp500_calls):
-    """Prepare a data config (sp500_sample, ectsum, all, ...) once per session: its folder."""
+def prepared(tmp_path_factory):
+    """Prepare a data config (cc_by_sa, maec, ...) of the sample, or of the full corpora for a
+    test marked `corpora`, once per session: its folder."""
     from fingpt.data.prepare import prepare
 
     cache = tmp_path_factory.mktemp("prepared")
     folders = {}
 
-    def get(data: str, tokenizer: str = "bpe"):
-        if (data, tokenizer) not in folders:
-            cfg = compose("prepare", [f"data={data}", f"tokenizer={tokenizer}", f"paths.cache_dir={cache}"])
-            folders[data, tokenizer] = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
-        return folders[data, tokenizer]
+    def get(data: str, tokenizer: str = "bpe", data_dir: Path = DATA_DIR):
+        if (data, tokenizer, data_dir) not in folders:
+            overrides = [f"data={data}", f"tokenizer={tokenizer}", f"paths.cache_dir={cache}"]
+            cfg = compose("prepare", [*overrides, f"paths.data_dir={data_dir}"])
+            folders[data, tokenizer, data_dir] = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
+        return folders[data, tokenizer, data_dir]
 
     return get
 
@@ -121,7 +144,7 @@ def run_cli(args: list[str], tmp_path, cache_dir, check: bool = True, timeout: i
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, cache_dir):
-    """A real 12-step training run of the tiny model on sp500_sample: its folder."""
+    """A real 12-step training run of the tiny model on the sample (data=cc_by_sa): its folder."""
     from fingpt.train import train
 
     tmp_path = tmp_path_factory.mktemp("trained")

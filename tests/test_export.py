@@ -12,7 +12,8 @@ from fingpt import export as export_module
 from fingpt.checkpoint import load_model
 from fingpt.export import export, main
 from fingpt.files import sha256
-from tests.conftest import ROOT
+from fingpt.train import train
+from tests.conftest import ROOT, train_config
 from tests.helpers import permissions, umask_permissions
 
 
@@ -24,11 +25,11 @@ def test_training_exported_its_best_checkpoint_and_pointed_latest_at_it(trained_
     card = json.loads((models / "latest" / "card.json").read_text())
     assert card["steps"] in (10, 12) and card["val_bpb"] > 0
     assert card["tokens_seen"] == card["steps"] * 8 * 32  # batch 8 x block 32 per step
-    assert card["data"]["name"] == "sp500_sample" and len(card["data"]["fingerprint"]) == 16
+    assert card["data"]["name"] == "cc_by_sa" and len(card["data"]["fingerprint"]) == 16
     assert card["training_config"]["model"]["n_embd"] == 96
     # names and fingerprints, nothing of the filesystem that trained it
     assert card["checkpoint"].startswith("best-step") and "paths" not in card["training_config"]
-    assert card["training_config"]["data"]["sources"]["sp500_sample"]["path"] == "input.txt"
+    assert card["training_config"]["data"]["sources"]["maec"]["path"] == "calls.parquet"
     assert str(trained_run.parent) not in (models / "latest" / "card.json").read_text()
 
 
@@ -41,6 +42,27 @@ def test_a_bundle_gives_the_checkpoints_logits(trained_run, bundle):
     names = set(load_file(bundle / "model.safetensors"))
     assert "wte.weight" in names and "lm_head.weight" not in names  # tied: stored once
     assert not any(n.startswith(("model.", "_orig_mod.")) for n in names)
+
+
+def test_the_demos_recipe_trains_compiled_and_exports_a_bundle_with_plain_names(tmp_path, cache_dir):
+    """What make demo trains (experiment=cpu_demo: torch.compile, bf16-mixed, Muon, WSD), for 4 steps."""
+    demo = ["experiment=cpu_demo", "model=modern_tiny", "data=cc_by_sa", "trainer.max_time=null"]
+    steps = ["trainer.max_steps=4", "trainer.val_check_interval=2", "data.loader.val_windows=8"]
+    cfg = train_config(tmp_path, cache_dir, [*demo, *steps])
+    assert (cfg.compile, cfg.trainer.precision, cfg.model.mlp) == (True, "bf16-mixed", "relu2")
+    assert (cfg.optimizer._target_, cfg.scheduler._target_) == (
+        "fingpt.optim.muon",
+        "fingpt.optim.WarmupStableDecay",
+    )
+    train(cfg)
+    bundle = Path(json.loads((Path(cfg.paths.output_dir) / "result.json").read_text())["bundle"])
+    names = set(load_file(bundle / "model.safetensors"))
+    assert "wte.weight" in names and not any(n.startswith(("model.", "_orig_mod.")) for n in names)
+    from_checkpoint, from_bundle = load_model(cfg.paths.output_dir), load_model(bundle)
+    assert from_bundle.info["steps"] == 4 and from_bundle.model.config.pos_emb == "rope"
+    idx = torch.randint(0, from_bundle.model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(from_checkpoint.model(idx)[0], from_bundle.model(idx)[0])
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

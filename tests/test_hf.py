@@ -12,7 +12,7 @@ from fingpt.generation import SamplingParams, generate
 from fingpt.hf import hf_family, to_hf
 from fingpt.model import GPT, GPTConfig
 from fingpt.train import train
-from tests.conftest import ROOT, train_config
+from tests.conftest import train_config
 
 SIZE = {"vocab_size": 97, "block_size": 32, "n_embd": 48, "n_head": 4, "n_layer": 2, "dropout": 0.0}
 FAMILIES = {
@@ -111,13 +111,12 @@ def test_transformers_loads_the_export_and_gives_fingpts_logits_and_greedy_token
     assert new >= 28 and hf_ids[0, len(prompt) :].tolist() == completion.tokens
 
 
-def test_the_exported_tokenizer_gives_fingpts_ids_on_real_calls(bundle, hf_folder, cache_dir):
+def test_the_exported_tokenizer_gives_fingpts_ids_on_real_calls(bundle, hf_folder, sample_calls):
     ours = load_model(bundle).tokenizer
     theirs = transformers.AutoTokenizer.from_pretrained(hf_folder)
     assert theirs.bos_token == theirs.eos_token == "<|endoftext|>"
     assert theirs.eos_token_id == ours.eot_id
-    calls = (ROOT.parent / "shared" / "data" / "sp500_sample" / "input.txt").read_text()[:200_000]
-    for call in calls.split("--- NEXT EARNINGS CALL ---")[:5]:
+    for call in sample_calls[:3] + sample_calls[-2:]:  # MAEC's and Earnings-21/22's
         assert theirs(call)["input_ids"] == ours.encode(call)
 
 

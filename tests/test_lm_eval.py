@@ -22,10 +22,10 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 
 
 @pytest.fixture(scope="module")
-def calls(sp500_calls, tmp_path_factory):
+def calls(sample_calls, tmp_path_factory):
     """Three real calls as a .jsonl file."""
     path = tmp_path_factory.mktemp("calls") / "calls.jsonl"
-    path.write_text("".join(json.dumps({"content": text}) + "\n" for text in sp500_calls[:3]))
+    path.write_text("".join(json.dumps({"content": text}) + "\n" for text in sample_calls[:3]))
     return path
 
 

@@ -14,8 +14,8 @@ from fingpt.checkpoint import load_model
 from fingpt.config import CONF_DIR
 from fingpt.model import GPT
 from fingpt.optim import WarmupCosine, WarmupStableDecay
-from fingpt.train import train
-from tests.conftest import compose, run_cli, train_config
+from fingpt.train import main, train
+from tests.conftest import cli, compose, run_cli, train_config
 from tests.helpers import read_records
 
 GROUPS = sorted(
@@ -261,7 +261,7 @@ def test_validation_during_fit_scores_a_fixed_sample_and_after_fit_every_window(
     ]
     train(train_config(tmp_path, cache_dir, [*overrides, f"+callbacks.counter.path={recorder}"]))
     counts = [int(n) for n in recorder.read_text().split()]
-    dataset_dir = next(Path(cache_dir).glob("sp500_sample-*"))
+    dataset_dir = next(Path(cache_dir).glob("cc_by_sa-*"))
     every = len(TranscriptDataModule(dataset_dir, block_size=32).val_dataloader().dataset)
     assert counts == [6, 6, every]  # steps 2 and 4 in fit, then the best checkpoint on all of it
 
@@ -307,16 +307,21 @@ def test_debug_overfit_drives_the_loss_of_one_batch_to_zero(tmp_path, cache_dir)
     assert losses[0] > 8.5 and losses[-1] < 0.1  # from ln(8192) = 9.0, chance
 
 
-def test_user_errors_in_train_py_are_one_line_and_exit_2(tmp_path, cache_dir):
-    for args, message in (
-        (["data=local"], "data 'local' needs data.path"),
+def test_user_errors_in_train_py_are_one_line_and_exit_2(tmp_path, cache_dir, capsys, monkeypatch):
+    proc = run_cli(["data=local"], tmp_path, cache_dir, check=False)  # the script itself, once
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "error: data 'local' needs data.path"
+    )
+    for args, message in (  # the rest through the same main(), in this process: no 10 s of imports each
         (["ckpt_path=last"], "ckpt_path=last: no checkpoints/last.ckpt under"),
         (["export.format=hf", "model.logit_softcap=15"], "logit_softcap has no Hugging Face equivalent"),
         (["export.format=zip"], "export.format must be bundle, hf or none, got 'zip'"),
     ):
-        proc = run_cli(args, tmp_path, cache_dir, check=False)
-        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
-        assert message in proc.stderr
+        monkeypatch.setattr("sys.argv", cli(args, tmp_path, cache_dir)[0][1:])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and err[-1].startswith("error: ") and message in err[-1]
 
 
 def test_ckpt_path_last_resumes_the_named_run_not_the_newest(tmp_path):

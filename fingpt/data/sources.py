@@ -80,9 +80,12 @@ class LocalSource:
         self.path = Path(path)
         self.split = split
         if not self.path.exists():
+            from fingpt.data.download import hint
+
+            fix = f"{hint(self.path)} fetches it" if hint(self.path) else "put the corpus there"
             raise DataError(
-                f"{self.path} does not exist: put the corpus there, or point FINGPT_DATA_DIR "
-                "(or paths.data_dir) at the folder that holds it"
+                f"{self.path} does not exist: {fix}, or point FINGPT_DATA_DIR (or paths.data_dir) "
+                "at the folder that holds it"
             )
 
     def fingerprint(self) -> str:

@@ -19,7 +19,7 @@ def tokens_of(folder, split):
 
 
 def test_training_batches_are_windows_of_the_split_shifted_by_one(prepared):
-    folder = prepared("sp500_sample")
+    folder = prepared("cc_by_sa")
     datamodule = TranscriptDataModule(folder, block_size=64, batch_size=8, seed=1)
     x, y = next(iter(datamodule.train_dataloader()))
     assert x.shape == y.shape == (8, 64) and x.dtype == torch.long
@@ -32,7 +32,7 @@ def test_training_batches_are_windows_of_the_split_shifted_by_one(prepared):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_a_stream_started_at_batch_n_yields_what_an_uninterrupted_one_would(prepared, num_workers):
-    train = shards(prepared("sp500_sample"), "train")
+    train = shards(prepared("cc_by_sa"), "train")
     whole = TrainWindows(train, block_size=32, batch_size=4, seed=0)
     expected = [x for _, (x, _) in zip(range(9), whole, strict=False)][5:]
     resumed = TrainWindows(train, block_size=32, batch_size=4, seed=0, start_batch=5)
@@ -43,7 +43,7 @@ def test_a_stream_started_at_batch_n_yields_what_an_uninterrupted_one_would(prep
 
 
 def test_two_ranks_and_two_workers_get_disjoint_windows(prepared):
-    train = shards(prepared("sp500_sample"), "train")
+    train = shards(prepared("cc_by_sa"), "train")
 
     def windows(rank, batches=20):
         stream = iter(TrainWindows(train, block_size=32, batch_size=16, seed=0, rank=rank))
@@ -54,18 +54,16 @@ def test_two_ranks_and_two_workers_get_disjoint_windows(prepared):
     assert not rank0 & rank1
     assert windows(0) == rank0  # and each rank's stream is reproducible
 
-    datamodule = TranscriptDataModule(prepared("sp500_sample"), block_size=32, batch_size=16, num_workers=2)
+    datamodule = TranscriptDataModule(prepared("cc_by_sa"), block_size=32, batch_size=16, num_workers=2)
     loader = iter(datamodule.train_dataloader())
     worker0, worker1 = next(loader)[0], next(loader)[0]  # batches alternate between the workers
     assert not {tuple(r) for r in worker0.tolist()} & {tuple(r) for r in worker1.tolist()}
-    single = iter(
-        TranscriptDataModule(prepared("sp500_sample"), block_size=32, batch_size=16).train_dataloader()
-    )
+    single = iter(TranscriptDataModule(prepared("cc_by_sa"), block_size=32, batch_size=16).train_dataloader())
     assert torch.equal(next(single)[0], worker0) and torch.equal(next(single)[0], worker1)
 
 
 def test_validation_covers_every_token_once_and_is_fixed(prepared):
-    folder = prepared("sp500_sample")
+    folder = prepared("cc_by_sa")
     datamodule = TranscriptDataModule(folder, block_size=100, batch_size=4, val_batch_size=16)
     targets = torch.cat([y.flatten() for _, y in datamodule.val_dataloader()])
     tokens = tokens_of(folder, "validation")
@@ -75,10 +73,10 @@ def test_validation_covers_every_token_once_and_is_fixed(prepared):
 
 
 def test_a_split_shorter_than_one_window_says_what_to_change(prepared):
-    train = shards(prepared("sp500_sample"), "train")
+    train = shards(prepared("cc_by_sa"), "train")
     with pytest.raises(DataError, match=r"fewer than one window of 1000001: .*model.block_size"):
         TrainWindows(train, block_size=1_000_000, batch_size=1, seed=0)
-    assert len(ValWindows(shards(prepared("sp500_sample"), "validation"), block_size=1_000_000)) == 1
+    assert len(ValWindows(shards(prepared("cc_by_sa"), "validation"), block_size=1_000_000)) == 1
 
 
 def test_the_datamodule_refuses_a_folder_that_was_not_prepared(tmp_path):

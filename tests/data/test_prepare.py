@@ -10,7 +10,7 @@ from fingpt.data import prepare as prepare_module
 from fingpt.data.prepare import Corpus, load_manifest, prepare
 from fingpt.data.sources import DataError
 from fingpt.tokenizer import load_tokenizer
-from tests.conftest import compose
+from tests.conftest import CORPORA_DIR, compose
 from tests.helpers import permissions, umask_permissions
 
 
@@ -20,18 +20,18 @@ def split_tokens(folder, split):
     return np.concatenate([np.fromfile(f, dtype=manifest["dtype"]) for f in files])
 
 
-def test_sample_calls_are_split_whole_and_every_byte_is_counted(prepared, sp500_calls):
-    folder = prepared("sp500_sample")
+def test_sample_calls_are_split_whole_and_every_byte_is_counted(prepared, sample_calls):
+    folder = prepared("cc_by_sa")
     manifest = load_manifest(folder)
     splits = manifest["splits"]
-    assert splits["train"]["calls"] + splits["validation"]["calls"] == 45
+    assert splits["train"]["calls"] + splits["validation"]["calls"] == 85
     assert splits["validation"]["calls"] >= 1
     assert manifest["dtype"] == "uint16" and manifest["vocab_size"] == 8192
-    cfg = compose("prepare", ["data=sp500_sample"])
+    cfg = compose("prepare", ["data=cc_by_sa"])
     by_split = {"train": [], "validation": []}
     for split, doc in Corpus(cfg.data):
         by_split[split].append(doc.text)
-    assert sorted(by_split["train"] + by_split["validation"]) == sorted(sp500_calls)  # each call once
+    assert sorted(by_split["train"] + by_split["validation"]) == sorted(sample_calls)  # each call once
     for split, texts in by_split.items():
         assert splits[split]["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
         tokens = split_tokens(folder, split)
@@ -39,31 +39,51 @@ def test_sample_calls_are_split_whole_and_every_byte_is_counted(prepared, sp500_
         assert (tokens == manifest["eot_id"]).sum() == len(texts)  # one <|endoftext|> per call
 
 
-def test_the_bpe_round_trips_every_sample_call(prepared, sp500_calls):
-    tokenizer = load_tokenizer(prepared("sp500_sample") / "tokenizer.json")
-    for call in sp500_calls:
+def test_the_bpe_round_trips_every_sample_call(prepared, sample_calls):
+    tokenizer = load_tokenizer(prepared("cc_by_sa") / "tokenizer.json")
+    for call in sample_calls:
         assert tokenizer.decode(tokenizer.encode(call)) == call
 
 
-def test_ectsum_keeps_its_own_splits_and_all_pools_them(prepared):
-    ectsum = load_manifest(prepared("ectsum"))["splits"]
-    assert (ectsum["train"]["calls"], ectsum["validation"]["calls"]) == (1681, 249)
-    sample = load_manifest(prepared("sp500_sample"))["splits"]
-    pooled = load_manifest(prepared("all"))["splits"]
+def test_a_source_pinned_to_a_split_keeps_it_when_pooled():
+    """all_plus's way: every MAEC call trains; Earnings-21/22 is split by call id as it is alone."""
+
+    def ids(overrides):
+        calls = {"train": [], "validation": []}
+        for split, doc in Corpus(compose("prepare", overrides).data):
+            calls[split].append(doc.id)
+        return calls
+
+    pooled = ids(["data=cc_by_sa", "+data.sources.maec.split=train", "data.val_fraction=0.3"])
+    maec, earnings = ids(["data=maec"]), ids(["data=earnings21_22", "data.val_fraction=0.3"])
+    assert pooled["validation"] == earnings["validation"] and len(earnings["validation"]) >= 1
+    assert sorted(pooled["train"]) == sorted(maec["train"] + maec["validation"] + earnings["train"])
+
+
+@pytest.mark.corpora("ectsum", "sp500_sample")
+def test_ectsum_keeps_its_own_splits_and_all_pools_them():
+    def splits(data: str) -> dict[str, tuple[int, int]]:  # calls and UTF-8 bytes of each split
+        counts = {"train": [0, 0], "validation": [0, 0]}
+        for split, doc in Corpus(compose("prepare", [f"data={data}", f"paths.data_dir={CORPORA_DIR}"]).data):
+            counts[split][0] += 1
+            counts[split][1] += len(doc.text.encode())
+        return counts
+
+    ectsum, sample, pooled = splits("ectsum"), splits("sp500_sample"), splits("all")
+    assert (ectsum["train"][0], ectsum["validation"][0]) == (1681, 249)
     for split in ("train", "validation"):
-        assert pooled[split]["calls"] == ectsum[split]["calls"] + sample[split]["calls"]
-        assert pooled[split]["bytes"] == ectsum[split]["bytes"] + sample[split]["bytes"]
+        assert pooled[split] == [ectsum[split][0] + sample[split][0], ectsum[split][1] + sample[split][1]]
 
 
 def test_a_second_run_reuses_the_cache_without_work(prepared, monkeypatch):
-    folder = prepared("sp500_sample")
+    folder = prepared("cc_by_sa")
     before = (folder / "manifest.json").stat().st_mtime_ns
 
     def no_work(*args, **kwargs):
         raise AssertionError("the cache was not reused")
 
     monkeypatch.setattr(prepare_module, "_build_tokenizer", no_work)
-    cfg = compose("prepare", ["data=sp500_sample", f"paths.cache_dir={folder.parent}"])
+    cfg = compose("prepare", ["data=cc_by_sa", f"paths.cache_dir={folder.parent}"])
     assert prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir) == folder
     assert (folder / "manifest.json").stat().st_mtime_ns == before
 
@@ -73,16 +93,16 @@ def test_a_crash_while_writing_leaves_nothing_behind(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(prepare_module, "_encode", crash)
-    cfg = compose("prepare", ["data=sp500_sample", "tokenizer=char", f"paths.cache_dir={tmp_path}"])
+    cfg = compose("prepare", ["data=cc_by_sa", "tokenizer=char", f"paths.cache_dir={tmp_path}"])
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_char_tokenizer_gives_one_token_per_character(prepared):
-    manifest = load_manifest(prepared("sp500_sample", "char"))
+    manifest = load_manifest(prepared("cc_by_sa", "char"))
     texts = [
-        doc.text for split, doc in Corpus(compose("prepare", ["data=sp500_sample"]).data) if split == "train"
+        doc.text for split, doc in Corpus(compose("prepare", ["data=cc_by_sa"]).data) if split == "train"
     ]
     assert manifest["vocab_size"] == len(set("".join(texts))) + 2  # + unknown + end of text
     assert manifest["splits"]["train"]["tokens"] == sum(len(t) for t in texts) + len(texts)
@@ -138,7 +158,7 @@ def test_the_cli_prints_a_one_line_error_for_bad_input(args, message, tmp_path, 
 
 
 def test_a_prepared_folder_is_readable_as_any_plain_file_is(prepared):
-    folder = prepared("sp500_sample")
+    folder = prepared("cc_by_sa")
     assert permissions(folder) == umask_permissions(folder)
 
 

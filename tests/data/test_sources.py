@@ -5,20 +5,36 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fingpt.data.sources import DataError, HubSource, ParquetSource, from_path
-from tests.conftest import DATA_DIR
+from fingpt.data.prepare import Corpus
+from fingpt.data.sources import SEPARATOR, DataError, HubSource, ParquetSource, from_path
+from tests.conftest import CORPORA_DIR, DATA_DIR, compose
 
 
-def test_the_sample_text_file_holds_45_calls(sp500_calls):
-    docs = list(from_path(DATA_DIR / "sp500_sample" / "input.txt"))
-    assert len(docs) == 45
-    assert [d.text for d in docs] == sp500_calls
-    assert len({d.id for d in docs}) == 45
+def test_a_text_file_with_separator_lines_holds_each_call_once(sample_calls, tmp_path):
+    path = tmp_path / "calls.txt"
+    path.write_text(f"\n{SEPARATOR}\n".join(sample_calls[:20]))
+    docs = list(from_path(path))
+    assert [d.text for d in docs] == [call.strip("\n") for call in sample_calls[:20]]
+    assert [d.id for d in docs] == [f"calls.txt:{i}" for i in range(20)]
 
 
+def test_the_sample_parquet_files_hold_their_calls_with_metadata():
+    maec = list(from_path(DATA_DIR / "maec" / "calls.parquet"))
+    earnings = list(from_path(DATA_DIR / "earnings21_22" / "calls.parquet"))
+    assert (len(maec), len(earnings)) == (73, 12)
+    assert maec[0].id == "LYV-2015-02-26" and maec[0].meta == {
+        "symbol": "LYV",
+        "year": 2015,
+        "date": "2015-02-26",
+    }
+    assert earnings[0].id == "4384683" and earnings[0].meta == {}
+    assert len({d.id for d in maec + earnings}) == 85
+
+
+@pytest.mark.corpora("ectsum")
 def test_ectsum_parquet_holds_its_calls_with_metadata():
-    train = list(from_path(DATA_DIR / "ectsum" / "train.parquet"))
-    validation = list(from_path(DATA_DIR / "ectsum" / "validation.parquet"))
+    train = list(from_path(CORPORA_DIR / "ectsum" / "train.parquet"))
+    validation = list(from_path(CORPORA_DIR / "ectsum" / "validation.parquet"))
     assert (len(train), len(validation)) == (1681, 249)
     assert train[0].id == "AAN-2021-Q1" and train[0].meta == {"symbol": "AAN", "year": 2021, "quarter": 1}
     assert not {d.id for d in train} & {d.id for d in validation}
@@ -42,15 +58,26 @@ def test_folder_and_jsonl_sources(tmp_path):
 
 def test_hub_source_reads_through_datasets_streaming(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = str(DATA_DIR / "ectsum" / "validation.parquet")
+    path = str(DATA_DIR / "maec" / "calls.parquet")
     hub = list(HubSource(path="parquet", data_files=path, max_calls=7))
     local = list(ParquetSource(path))[:7]
     assert [(d.id, d.text, d.meta) for d in hub] == [(d.id, d.text, d.meta) for d in local]
 
 
 def test_a_missing_path_names_it_and_the_fix(tmp_path):
-    with pytest.raises(DataError, match=r"nowhere\.parquet does not exist.*FINGPT_DATA_DIR"):
+    with pytest.raises(
+        DataError, match=r"nowhere\.parquet does not exist: put the corpus there.*FINGPT_DATA_DIR"
+    ):
         from_path(tmp_path / "nowhere.parquet")
+
+
+@pytest.mark.parametrize("name", ["ectsum", "maec", "earnings21_22"])
+def test_a_missing_corpus_names_the_command_that_downloads_it(name, tmp_path):
+    cfg = compose("prepare", [f"data={name}", f"paths.data_dir={tmp_path}"])
+    with pytest.raises(DataError) as error:
+        Corpus(cfg.data)
+    assert str(error.value).startswith(f"{tmp_path / name}/")
+    assert f"does not exist: fingpt-data download {name} fetches it" in str(error.value)
 
 
 def test_a_missing_text_column_lists_the_columns(tmp_path):

@@ -59,7 +59,7 @@ def test_the_sidebar_shows_the_server_health_and_the_model_card(server, page):
         f"train: {train['calls']:,} calls, {train['tokens']:,} tokens",
     ]:
         assert number in shown
-    assert (model["context_length"], card["steps"], card["data"]["name"]) == (32, 12, "sp500_sample")
+    assert (model["context_length"], card["steps"], card["data"]["name"]) == (32, 12, "cc_by_sa")
     assert at.number_input(key="max_tokens").max == model["max_tokens"] == 2048
 
 
