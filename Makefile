@@ -2,63 +2,73 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-# Without an NVIDIA GPU, pin torch's CPU build rather than the multi-GB CUDA build pip would pick.
-TORCH_PIN := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
-# The corpora: ../shared/data beside a development checkout, else data/ (see README, Data).
+# torch without an NVIDIA GPU (README, Install): pinned by constraints-cpu.txt, taken from
+# PyTorch's CPU wheel index where it answers; with a GPU, pip takes PyPI's CUDA build.
+GPU := $(shell command -v nvidia-smi 2>/dev/null)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH = $(if $(GPU),,-c constraints-cpu.txt $(if $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=5)" 2>/dev/null && echo up),--extra-index-url $(TORCH_CPU_INDEX)))
+# The corpora: ../shared/data beside a development checkout, else data/ (README, Data).
 FINGPT_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(CURDIR)/data)
 export FINGPT_DATA_DIR
-# The demo trains on the local corpora when they are there, else on calls streamed from the Hub.
-DEMO_DATA ?= $(if $(wildcard $(FINGPT_DATA_DIR)/ectsum/train.parquet),all,hf_sp500)
+# The demo trains on ectsum (fetched if missing), pooled with sp500_sample where that is there too.
+DEMO_DATA ?= $(if $(wildcard $(FINGPT_DATA_DIR)/sp500_sample/input.txt),all,ectsum)
+DEMO_MODEL := $(or $(FINGPT_MODELS_DIR),models)/demo
 API_PORT ?= 8000
 UI_PORT ?= 8501
 
-.PHONY: install test lint format demo ui ui-check chromium clean
+.PHONY: install install-dev data test lint format demo ui ui-check chromium clean
 
+# What the demo runs (training, serving, the page); the tests' tools on top of it.
 install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(TORCH_PIN) -e '.[dev]'
+	$(BIN)/pip install --quiet $(TORCH) -e '.[serve,ui]'
 	touch $@
 
-test: install
+$(VENV)/.installed-dev: pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH) -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+# Every corpus that has a download (ECTSum, MAEC, Earnings-21/22) into FINGPT_DATA_DIR.
+data: install
+	$(BIN)/fingpt-data download ectsum maec earnings21_22
+
+test: install-dev
 	$(BIN)/pytest
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The main job: prepare, train experiment=cpu_demo and export it to models/demo (once; RETRAIN=1
-# trains again), then serve that model and open the page. Ctrl-C stops both.
-DEMO_MODEL := $(or $(FINGPT_MODELS_DIR),models)/demo
+# The main job: fetch ectsum, train experiment=cpu_demo and export it to models/demo (once;
+# RETRAIN=1 trains again), then serve that model and open the page, announced when both are up.
 demo: install
+	@$(BIN)/fingpt-data download ectsum
 	@if [ -n "$(RETRAIN)" ] || [ ! -e $(DEMO_MODEL)/card.json ]; then \
 		$(BIN)/python train.py experiment=cpu_demo data=$(DEMO_DATA) export.name=demo; \
 	else \
 		echo "$(DEMO_MODEL) was trained before (make demo RETRAIN=1 trains a new one)."; \
 	fi
 	@echo "Serving $(DEMO_MODEL), the model make demo trained (its val/bpb and steps: $(DEMO_MODEL)/card.json)."
-	@$(BIN)/fingpt-serve --model $(DEMO_MODEL) --port $(API_PORT) & server=$$!; \
-	FINGPT_API_URL=http://127.0.0.1:$(API_PORT) $(BIN)/fingpt-ui --server.port $(UI_PORT) \
-		--server.address 127.0.0.1 --server.headless true & page=$$!; \
-	trap 'kill $$server $$page 2>/dev/null; wait; echo; echo "fingpt demo stopped."; exit 0' INT TERM; \
-	sleep 3; echo; echo "fingpt is up: open http://127.0.0.1:$(UI_PORT)  (API: http://127.0.0.1:$(API_PORT)/docs)  Ctrl-C stops both."; \
-	wait
+	@$(BIN)/python -m ui.demo --model $(DEMO_MODEL) --api-port $(API_PORT) --ui-port $(UI_PORT)
 
 # The page alone, against a server already running (fingpt-serve).
 ui: install
 	$(BIN)/fingpt-ui --server.port $(UI_PORT)
 
 # The page in a real headless Chromium: generates once, saves ui-screenshot.png to look at.
-ui-check: install chromium
+ui-check: install-dev chromium
 	FINGPT_SCREENSHOT=$(CURDIR)/ui-screenshot.png $(BIN)/pytest -q -s tests/ui/test_browser.py
 
-# Debian's Chromium and its driver, for the browser test (skipped when they are absent).
+# Debian's Chromium and its driver, for the browser test (which CI=true requires).
 chromium:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
 
-format: install
+format: install-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
