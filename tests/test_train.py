@@ -188,11 +188,9 @@ def test_a_killed_run_resumes_at_the_same_step_with_the_same_batches(optimizer, 
         "trainer.val_check_interval=5",
         "+callbacks.recorder._target_=tests.helpers.BatchRecorder",
     ]
-    run_cli(
-        [*common, "run_name=whole", f"+callbacks.recorder.path={tmp_path}/whole"],
-        tmp_path,
-        cache_dir,
-    )
+    train(
+        train_config(tmp_path, cache_dir, [*common, f"+callbacks.recorder.path={tmp_path}/whole"])
+    )  # uninterrupted
     killed = run_cli(
         [
             *common,
