@@ -1,5 +1,6 @@
 import csv
 import json
+import logging
 import math
 import os
 import time
@@ -14,7 +15,7 @@ from fingpt.checkpoint import load_model
 from fingpt.config import CONF_DIR
 from fingpt.model import GPT
 from fingpt.optim import WarmupCosine, WarmupStableDecay
-from fingpt.train import main, train
+from fingpt.train import choose_precision, main, train
 from tests.conftest import cli, compose, run_cli, train_config
 from tests.helpers import read_records
 
@@ -61,7 +62,7 @@ def test_the_sweep_and_tool_configs_compose():
 
 @pytest.mark.parametrize(
     ("precision", "fused"),
-    [("32-true", True), ("bf16-true", True), ("bf16-mixed", False), ("16-mixed", False)],
+    [("32-true", True), ("bf16-true", True), ("bf16-mixed", False), ("16-mixed", False), ("auto", False)],
 )
 def test_adamw_is_fused_except_under_autocast_where_lightning_must_clip_unfused(precision, fused):
     assert compose("train", [f"precision={precision}"]).optimizer.fused is fused
@@ -138,6 +139,18 @@ def test_fast_dev_run_of_each_cpu_precision(precision, tmp_path, cache_dir):
     step = fast_dev_run(tmp_path, cache_dir, [f"precision={precision}"])
     assert step["step"] == 0 and len(step["batch"]) == 8 and step["lr"] > 0
     assert abs(step["loss"] - math.log(8192)) < 1.0, step["loss"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_is_bf16_mixed_only_where_bfloat16_is_native(native, monkeypatch, caplog):
+    monkeypatch.setattr("fingpt.train.native_bfloat16", lambda accelerator: native)
+    auto, named = compose("train", ["precision=auto"]), compose("train", ["precision=bf16-mixed"])
+    with caplog.at_level(logging.WARNING):
+        choose_precision(auto)
+        choose_precision(named)
+    assert auto.trainer.precision == ("bf16-mixed" if native else "32-true")
+    assert named.trainer.precision == "bf16-mixed"  # asked for by name: kept, with a warning where emulated
+    assert ("bfloat16: its matrix products are emulated, tens of times slower" in caplog.text) is not native
 
 
 def scalars(run_dir: Path) -> dict[str, list]:
