@@ -55,13 +55,19 @@ class Service:
         text = self.log.read_text(errors="replace").rstrip().splitlines()[-lines:]
         return "\n".join(f"    {line}" for line in text) or "    (nothing)"
 
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+
+def stop(services: list[Service], grace: float = 10) -> None:
+    """SIGTERM to every process at once; SIGKILL to those still running `grace` seconds later."""
+    running = [s.process for s in services if s.process and s.process.poll() is None]
+    for process in running:
+        process.terminate()
+    deadline = time.monotonic() + grace
+    for process in running:
+        try:
+            process.wait(timeout=max(0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def wait_until_up(services: list[Service], timeout: float) -> str | None:
@@ -123,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nfingpt demo stopped.")
         return 0
     finally:
-        for service in services:
-            service.stop()
+        stop(services)
 
 
 if __name__ == "__main__":

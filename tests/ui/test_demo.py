@@ -35,7 +35,7 @@ def test_the_demo_says_up_once_the_server_has_its_model_and_the_page_answers(bun
     assert (health.status_code, health.json()["status"]) == (200, "ok")
     assert httpx.get(f"{page}/_stcore/health").status_code == 200
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 0 and process.stdout.read().strip() == "fingpt demo stopped."
+    assert process.wait(timeout=60) == 0 and process.stdout.read().strip() == "fingpt demo stopped."
     for url in (api, page):  # both processes were stopped with it
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", int(url.rsplit(":", 1)[1]))) != 0
