@@ -1,7 +1,9 @@
 """The page in a real headless Chromium: `streamlit run ui/app.py` against a live server.
 
-Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian: chromium, chromium-driver) and selenium.
-FINGPT_SCREENSHOT=path.png keeps the screenshot there.
+Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian: chromium, chromium-driver; elsewhere
+FINGPT_CHROMIUM and FINGPT_CHROMEDRIVER say where they are) and selenium. Without them the tests
+are skipped, except with CI=true, where they fail. FINGPT_SCREENSHOT=path.png keeps the
+screenshot there.
 """
 
 import os
@@ -18,7 +20,8 @@ from serving.protocol import Limits
 from tests.ui.conftest import serve
 from ui import streamlit_command
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+CHROMIUM = Path(os.environ.get("FINGPT_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("FINGPT_CHROMEDRIVER", "/usr/bin/chromedriver"))
 try:
     from selenium import webdriver
     from selenium.common.exceptions import StaleElementReferenceException
@@ -88,12 +91,17 @@ def missing() -> str | None:
     return " and ".join(absent) + " (make chromium)" if absent else None
 
 
-@pytest.fixture
-def browser(tmp_path):
+@pytest.fixture(scope="module", autouse=True)
+def chromium():
+    """Before the server and the page start: can these tests run here?"""
     if lacking := missing():
         if os.environ.get("CI", "").lower() == "true":  # CI must not pass with the page untested
             pytest.fail(f"CI=true and the browser test cannot run: it needs {lacking}", pytrace=False)
         pytest.skip(f"needs {lacking}")
+
+
+@pytest.fixture
+def browser(tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'chromium'}"]:
