@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for both (default 300)")
     parser.add_argument("--logs", type=Path, default=Path("outputs/demo"), help="where the logs go")
     args = parser.parse_args(argv)
+    # Ctrl-C, and a plain kill, stop both processes: even where SIGINT came in ignored (a
+    # background job of a shell without job control), as it does for what such a job starts
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     api, page = f"http://127.0.0.1:{args.api_port}", f"http://127.0.0.1:{args.ui_port}"
     serve = [sys.executable, "-m", "serving.app", "--model", args.model, "--port", str(args.api_port)]
