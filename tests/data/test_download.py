@@ -73,22 +73,17 @@ def earnings_repository() -> dict[str, bytes]:
 def ectsum_repository() -> tuple[dict[str, bytes], dict[str, list[dict]]]:
     """ECTSum's layout, filled with sample calls; and the rows a download of it must give."""
     files = {"README.md": b"# ECTSum\n"}
-    tables = {"train": [], "validation": [], "test": []}
+    rows = {"train": {}, "validation": {}, "test": {}}  # split -> file name -> row
     splits = [("train", "train")] * 3 + [("validation", "val"), ("test", "test")]
     for i, row in enumerate(sample("maec")[:15]):
         ours, theirs = splits[i % 5]
-        name = f"{row['symbol']}_q{(int(row['date'][5:7]) - 1) // 3 + 1}_{row['year']}.txt"
+        quarter = (int(row["date"][5:7]) - 1) // 3 + 1
+        name = f"{row['symbol']}_q{quarter}_{row['year']}.txt"
         text = row["content"] + "\n"  # kept as it is, its last newline too
         files[f"data/final/{theirs}/ects/{name}"] = text.encode()
         files[f"data/final/{theirs}/gt_summaries/{name}"] = b"A summary, not a call."
-        symbol, quarter, year = name.removesuffix(".txt").split("_")
-        tables[ours].append(
-            {"symbol": symbol, "quarter": int(quarter[1]), "year": int(year), "content": text, "_": name}
-        )
-    return files, {
-        split: [{k: v for k, v in r.items() if k != "_"} for r in sorted(rows, key=lambda r: r["_"])]
-        for split, rows in tables.items()
-    }
+        rows[ours][name] = {"symbol": row["symbol"], "quarter": quarter, "year": row["year"], "content": text}
+    return files, {split: [row for _, row in sorted(named.items())] for split, named in rows.items()}
 
 
 REPOSITORIES = {
@@ -107,7 +102,7 @@ def checksum(files: dict[str, bytes], pattern: str) -> str:
 @pytest.fixture
 def github(monkeypatch):
     """The loopback GitHub, serving each corpus's repository at its pinned commit, and each
-    release's checksum set to what is served (pin=False keeps fingpt's own)."""
+    release's checksum set to what is served (a test that puts fingpt's own back sees a mismatch)."""
     with GitHub() as server:
         monkeypatch.setenv("FINGPT_GITHUB_MIRROR", server.url)
         for name, repository in REPOSITORIES.items():

@@ -91,13 +91,19 @@ def missing() -> str | None:
     return " and ".join(absent) + " (make chromium)" if absent else None
 
 
+def require_browser() -> None:
+    """Skip where Chromium, its driver or selenium is missing; fail there with CI=true, since CI
+    must not pass with the page untested."""
+    if lacking := missing():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and the browser test cannot run: it needs {lacking}", pytrace=False)
+        pytest.skip(f"needs {lacking}")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def chromium():
     """Before the server and the page start: can these tests run here?"""
-    if lacking := missing():
-        if os.environ.get("CI", "").lower() == "true":  # CI must not pass with the page untested
-            pytest.fail(f"CI=true and the browser test cannot run: it needs {lacking}", pytrace=False)
-        pytest.skip(f"needs {lacking}")
+    require_browser()
 
 
 @pytest.fixture

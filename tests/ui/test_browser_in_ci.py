@@ -1,23 +1,17 @@
 """CI tells the truth: with CI=true (as .ci/run sets it), a browser test that cannot run fails."""
 
-import os
-import subprocess
-import sys
+import pytest
 
-from tests.conftest import ROOT
+from tests.ui import test_browser
 
 
-def test_with_ci_true_the_browser_tests_fail_where_they_cannot_run(tmp_path):
-    env = {**os.environ, "CI": "true", "FINGPT_CHROMIUM": str(tmp_path / "chromium")}  # not there
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/ui/test_browser.py"]
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stdout[-3000:]
-    assert (
-        f"CI=true and the browser test cannot run: it needs {tmp_path / 'chromium'} (make chromium)"
-        in proc.stdout
-    )
-    assert (
-        proc.stdout.rstrip()
-        .splitlines()[-1]
-        .endswith("3 errors in" + proc.stdout.rstrip().rsplit(" in", 1)[1])
-    )
+def test_without_chromium_the_browser_tests_skip_but_fail_with_ci_true(tmp_path, monkeypatch):
+    monkeypatch.setattr(test_browser, "CHROMIUM", tmp_path / "chromium")  # not there
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=f"needs {tmp_path / 'chromium'} \\(make chromium\\)"):
+        test_browser.require_browser()
+    monkeypatch.setenv("CI", "true")
+    message = f"CI=true and the browser test cannot run: it needs {tmp_path / 'chromium'} (make chromium)"
+    with pytest.raises(pytest.fail.Exception) as failed:
+        test_browser.require_browser()
+    assert str(failed.value) == message
