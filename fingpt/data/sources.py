@@ -82,7 +82,8 @@ class LocalSource:
         if not self.path.exists():
             from fingpt.data.download import hint
 
-            fix = f"{hint(self.path)} fetches it" if hint(self.path) else "put the corpus there"
+            command = hint(self.path)
+            fix = f"{command} fetches it" if command else "put the corpus there"
             raise DataError(
                 f"{self.path} does not exist: {fix}, or point FINGPT_DATA_DIR (or paths.data_dir) "
                 "at the folder that holds it"
