@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
@@ -70,3 +71,10 @@ def umask_permissions(folder: Path) -> dict[str, int]:
     mask = os.umask(0)
     os.umask(mask)
     return {name: (0o777 if (folder / name).is_dir() else 0o666) & ~mask for name in permissions(folder)}
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (free now: a server may take it next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,19 +2,12 @@
 two nodes of one device each, started by Lightning's own launcher or by torchrun."""
 
 import json
-import socket
 import subprocess
 
 from tests.conftest import ROOT, cli, run_cli
-from tests.helpers import read_records
+from tests.helpers import free_port, read_records
 
 STEPS = ["trainer.max_steps=4", "trainer.val_check_interval=4", "run_name=scaled", "trainer=ddp"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_on_two_nodes(launcher: str, tmp_path, cache_dir) -> dict:

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from fingpt.data.download import CORPORA, main
 from fingpt.data.prepare import Corpus
 from tests.conftest import DATA_DIR, ROOT, compose
 from tests.data.github import GitHub, git_blob_id
+from tests.helpers import free_port
 
 MAEC = CORPORA["maec"]
 
@@ -267,9 +267,7 @@ def test_a_killed_download_resumes_from_what_reached_the_disk(github, tmp_path):
 
 
 def test_offline_is_one_line_that_says_what_to_do(tmp_path):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "FINGPT_GITHUB_MIRROR": f"http://127.0.0.1:{port}", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "fingpt.data.download", "download", "maec", "--data-dir", str(tmp_path)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)

@@ -1,4 +1,3 @@
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ import serving.state
 from serving.app import Settings, create_app
 from serving.protocol import Limits
 from serving.testing import BackgroundServer
+from tests.helpers import free_port
 
 APP = Path(__file__).resolve().parents[2] / "ui" / "app.py"
 KEY = "s3same"
@@ -94,9 +94,7 @@ def loading_server(bundle, monkeypatch):
 @pytest.fixture
 def closed_url() -> str:
     """The URL of a loopback port nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ screenshot there.
 
 import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from serving.protocol import Limits
+from tests.helpers import free_port
 from tests.ui.conftest import serve
 from ui import streamlit_command
 
@@ -57,9 +57,7 @@ def streamlit_page(tmp_path_factory):
     processes = []
 
     def open_page(api_url: str) -> str:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         command = streamlit_command("--server.headless", "true", "--server.port", str(port))
         command += ["--server.address", "127.0.0.1", "--server.fileWatcherType", "none"]
         log = tmp_path_factory.mktemp("streamlit") / "log.txt"

@@ -8,12 +8,7 @@ import sys
 import httpx
 
 from tests.conftest import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 def demo(model, logs, timeout: int = 120) -> tuple[subprocess.Popen, str, str]:
