@@ -34,7 +34,7 @@ def prepare_corpus(corpus: Path, cache: Path) -> tuple[Path, float]:
 
 
 def repeat_corpus(folder: Path, times: int) -> Path:
-    """A prepared folder whose training split is `times` copies of the original's shard."""
+    """A prepared folder whose training split is `times` copies of `folder`'s shard."""
     repeated = folder.with_name(folder.name + f"-x{times}")
     shutil.copytree(folder, repeated)
     manifest = json.loads((repeated / "manifest.json").read_text())

@@ -27,9 +27,10 @@ from fingpt.checkpoint import load_model
 from fingpt.cli import user_errors
 from fingpt.config import CONF_DIR
 from fingpt.data.sources import DataError
-from fingpt.generation import SamplingParams, generate, window_logprobs, windows
+from fingpt.generation import SamplingParams, generate
 from fingpt.model import GPT
 from fingpt.quantize import to_dtype
+from fingpt.scoring import window_logprobs, windows
 from fingpt.tokenizer import Tokenizer
 
 

@@ -1,10 +1,11 @@
-"""A decoder-only GPT written from scratch, with a KV cache for decoding.
+"""A decoder-only GPT written from scratch: training's loss, and decoding with a KV cache.
 
 `GPTConfig` picks the layout: GPT-2's by default (learned positions, LayerNorm, a 4x GELU MLP),
 or the pieces later models replaced them with (rotary positions, RMSNorm, normalised queries and
 keys, ReLU² or SwiGLU MLPs, zero-initialised output projections, capped logits).
 
-Plain PyTorch: no Lightning, no Hydra, so the server can load a model without the training stack.
+The KV cache lives in kv_cache.py, the chunked loss of the LM head in loss.py. Plain PyTorch: no
+Lightning, no Hydra, so the server can load a model without the training stack.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from fingpt.kv_cache import KVCache, LayerCache
+from fingpt.loss import linear_cross_entropy
 
 CHOICES = {
     "pos_emb": ("learned", "rope"),
@@ -64,10 +68,8 @@ class GPTConfig:
                 )
             self.mlp, self.activation = self.activation, None
         for name, options in CHOICES.items():
-            if getattr(self, name) not in options:
-                raise ValueError(
-                    f"GPTConfig.{name} must be one of {list(options)}, got {getattr(self, name)!r}"
-                )
+            if (value := getattr(self, name)) not in options:
+                raise ValueError(f"GPTConfig.{name} must be one of {list(options)}, got {value!r}")
         if self.pos_emb == "rope" and self.head_size % 2:
             raise ValueError(f"GPTConfig.pos_emb=rope needs an even head size, got {self.head_size}")
         if not self.rope_base > 0:
@@ -93,16 +95,12 @@ class GPTConfig:
         return asdict(self)
 
 
-# --- positions ----------------------------------------------------------------------------------
-
-
 def rotary(positions: torch.Tensor, head_size: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the rotary angles of `positions` (...), shaped (..., 1, head_size) to
     broadcast over the heads of (..., n_head, head_size). Angles are computed in float64, so
     positions far past the block (a sliding KV cache) rotate as exactly as the first ones."""
-    inv_freq = base ** -(
-        torch.arange(0, head_size, 2, device=positions.device, dtype=torch.float64) / head_size
-    )
+    even = torch.arange(0, head_size, 2, device=positions.device, dtype=torch.float64)
+    inv_freq = base ** -(even / head_size)
     angles = positions.to(torch.float64)[..., None, None] * inv_freq
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().float(), angles.sin().float()
@@ -112,78 +110,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate each pair (x[i], x[i + d/2]) of the last dimension by its angle (Llama's layout)."""
     x1, x2 = x.chunk(2, dim=-1)
     return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).type_as(x)
-
-
-# --- the KV cache -------------------------------------------------------------------------------
-
-
-class KVCache:
-    """Keys and values of every layer for a batch of rows, each row with its own length.
-
-    A row holds at most block_size tokens. Its token at position p (counted from the start of the
-    row's current context) lives in slot p % block_size, so with rotary positions a full row
-    slides one token per step by overwriting its oldest slot (attention is relative, so the other
-    cached keys stay valid). Learned positions cannot slide that way: the model refills the row.
-    Rows are reset, refilled or left alone independently of each other (continuous batching).
-    """
-
-    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=None) -> None:
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # slots in use
-        self.positions = torch.zeros(batch_size, dtype=torch.long, device=device)  # of the next token
-        self.tokens = torch.zeros(batch_size, config.block_size, dtype=torch.long, device=device)
-
-    @property
-    def batch_size(self) -> int:
-        return self.lengths.shape[0]
-
-    def context(self, row: int) -> list[int]:
-        """The token ids that row `row` currently attends to, oldest first."""
-        length, oldest = int(self.lengths[row]), int(self.positions[row] - self.lengths[row])
-        slots = (oldest + torch.arange(length)) % self.tokens.shape[1]
-        return self.tokens[row, slots.to(self.tokens.device)].tolist()
-
-    def layers(
-        self, rows: torch.Tensor, slots: torch.Tensor, used: int, mask: torch.Tensor | None
-    ) -> list[LayerCache]:
-        """Each layer's part of one cached forward over `rows`, whose new tokens go to `slots` (R, T)."""
-        first = int(rows[0])
-        if torch.equal(rows, torch.arange(first, first + len(rows), device=rows.device)):
-            # neighbouring rows: work on views of them, no copies
-            k, v = self.k[:, first : first + len(rows)], self.v[:, first : first + len(rows)]
-            where = (torch.arange(len(rows), device=rows.device)[:, None], slice(None), slots)
-            rows = None
-        else:
-            k, v, where = self.k, self.v, (rows[:, None], slice(None), slots)
-        return [LayerCache(k[i], v[i], where, rows, used, mask) for i in range(len(k))]
-
-
-@dataclass
-class LayerCache:
-    """What one attention layer needs to decode with the cache: where to store the new keys and
-    values, and which cached slots each new query may see."""
-
-    k: torch.Tensor  # (rows, n_head, block_size, head_size)
-    v: torch.Tensor
-    where: tuple  # the new tokens' places in k and v: (row (R, 1), all heads, slot (R, T))
-    rows: torch.Tensor | None  # (R,): the rows of k and v in play; None: all of them, in order
-    used: int  # the new tokens attend to slots 0..used-1; 0: to themselves only, causally
-    mask: torch.Tensor | None  # (R, 1, T, used), added to the scores (-inf: unseen); None: all seen
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new keys and values (R, n_head, T, head_size); return those to attend to."""
-        self.k[self.where] = k.transpose(1, 2)
-        self.v[self.where] = v.transpose(1, 2)
-        if not self.used:
-            return k, v
-        if self.rows is None:
-            return self.k[:, :, : self.used], self.v[:, :, : self.used]
-        return self.k[self.rows, :, : self.used], self.v[self.rows, :, : self.used]
-
-
-# --- the blocks ---------------------------------------------------------------------------------
 
 
 def norm_layer(config: GPTConfig) -> nn.Module:
@@ -263,72 +189,6 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-# --- the loss -----------------------------------------------------------------------------------
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of `targets` (N,) under the logits `h @ weight.T + bias` (capped by
-    `softcap` if given), without ever holding all (N, V) logits: rows go through in chunks, and
-    when gradients are needed each chunk's gradient (softmax minus one-hot) is taken on the spot.
-    On a CPU a chunk stays in cache (bench/train.py: 1.6x the tokens/s of F.cross_entropy over
-    full logits at width 128, 1.05-1.2x at 384); on a GPU it saves the logits' memory. Targets
-    of -100 are ignored."""
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, targets, softcap, chunk, grad_enabled):
-        need_grad = grad_enabled and any(ctx.needs_input_grad[:3])  # not under no_grad
-        valid = targets != -100
-        count = valid.sum().clamp(min=1)
-        scale = valid / count  # each scored token's weight in the mean
-        total = h.new_zeros((), dtype=torch.float32)
-        dh = torch.empty_like(h) if need_grad else None
-        dw = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
-        db = torch.zeros(weight.shape[0], device=h.device) if need_grad and bias is not None else None
-        for start in range(0, h.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            logits = F.linear(h[rows], weight, bias).float()
-            if softcap is not None:
-                capped = torch.tanh(logits / softcap)
-                logits = softcap * capped
-            target = targets[rows].clamp(min=0)[:, None]
-            lse = torch.logsumexp(logits, dim=-1)
-            total += ((lse - logits.gather(1, target).squeeze(1)) * scale[rows]).sum()
-            if not need_grad:
-                continue
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            grad.scatter_add_(1, target, torch.full_like(target, -1, dtype=grad.dtype))
-            grad *= scale[rows, None]
-            if softcap is not None:
-                grad *= 1 - capped.square()
-            grad = grad.to(h.dtype)
-            dh[rows] = grad @ weight.to(h.dtype)
-            # in place and in float32: one pass over dw per chunk, no temporary
-            dw.addmm_(grad.t().to(dw.dtype), h[rows].to(dw.dtype))
-            if db is not None:
-                db += grad.sum(0)
-        ctx.weight_dtype = weight.dtype
-        ctx.save_for_backward(dh, dw, db)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        dh, dw, db = ctx.saved_tensors
-        dw, db = ((None if g is None else (g * grad_output).to(ctx.weight_dtype)) for g in (dw, db))
-        return dh * grad_output, dw, db, None, None, None, None
-
-
-def loss_chunk_rows(vocab_size: int, n_embd: int, device: torch.device) -> int:
-    """Rows of logits per chunk. On an accelerator, 1 GB of them. On a CPU, 2 MB (its cache), or
-    half the width when that is more: each chunk's update of the weight's gradient passes over all
-    of it (vocabulary x width), so a wider model amortises that pass over more rows."""
-    if device.type != "cpu":
-        return max(16, 2**30 // (4 * vocab_size))
-    return max(16, 2**21 // (4 * vocab_size), n_embd // 2)
-
-
-# --- the model ----------------------------------------------------------------------------------
-
-
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -338,7 +198,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = norm_layer(config)
-        # an untied head has a bias as in the original, a tied one none as in GPT-2
+        # tied: no bias, as in GPT-2; untied: a bias, as in Karpathy's char-level lecture model
         head_bias = config.bias and not config.tie_weights
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=head_bias)
         if config.tie_weights:
@@ -382,19 +242,10 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if targets is None:
             return self._logits(x), None
-        h = x.flatten(0, 1)
-        chunk = loss_chunk_rows(self.config.vocab_size, self.config.n_embd, h.device)
-        head = self.lm_head
-        loss = LinearCrossEntropy.apply(
-            h,
-            head.weight,
-            head.bias,
-            targets.flatten(),
-            self.config.logit_softcap,
-            chunk,
-            torch.is_grad_enabled(),
+        head, h = self.lm_head, x.flatten(0, 1)
+        return None, linear_cross_entropy(
+            h, head.weight, head.bias, targets.flatten(), self.config.logit_softcap
         )
-        return None, loss
 
     def _embed(self, idx: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
         """Token embeddings at `positions`: plus learned position vectors, or with the rotary
@@ -418,34 +269,12 @@ class GPT(nn.Module):
         return KVCache(self.config, batch_size, device=p.device, dtype=p.dtype)
 
     def _forward_cached(self, idx: torch.Tensor, cache: KVCache, rows: torch.Tensor) -> torch.Tensor:
-        """Append idx (R, T) to the contexts of cache rows `rows`; return logits (R, T, V).
-
-        Several tokens per row only into rows that have room for them; one token per row always
-        (with rotary positions a full row overwrites its oldest slot)."""
-        block = self.config.block_size
-        T = idx.shape[1]
-        positions = cache.positions[rows, None] + torch.arange(T, device=idx.device)  # (R, T)
-        first, last = (int(p) for p in positions.aminmax())
-        if T > 1 and last >= block:
-            raise ValueError(f"{T} tokens do not fit in the cache rows: feed them one at a time")
-        slots = positions % block
-        if T > 1 and not cache.lengths[rows].any():
-            used, mask = 0, None  # every row starts empty: plain causal attention, the fast kernels
-        else:
-            # attention reads only the slots in use by some row, not the whole block. A query at
-            # position p sees the row's slots up to p: all of them once the row has wrapped, and
-            # all of those in use when every row is as long as the longest (one stream, say)
-            used, mask = min(block, last + 1), None
-            if first < used - 1:
-                seen = torch.arange(used, device=idx.device) <= positions[:, :, None]  # (R, T, S)
-                mask = torch.zeros(seen.shape, dtype=cache.k.dtype, device=idx.device)
-                mask = mask.masked_fill_(~seen, float("-inf")).unsqueeze(1)
-        x, rope = self._embed(idx, positions)
-        for block_, layer_cache in zip(self.blocks, cache.layers(rows, slots, used, mask), strict=True):
-            x = block_(x, rope, layer_cache)
-        cache.tokens[rows[:, None], slots] = idx
-        cache.positions[rows] += T
-        cache.lengths[rows] = torch.clamp(cache.lengths[rows] + T, max=block)
+        """Append idx (R, T) to the contexts of cache rows `rows`; return logits (R, T, V)."""
+        plan = cache.plan(rows, idx.shape[1])
+        x, rope = self._embed(idx, plan.positions)
+        for block, layer_cache in zip(self.blocks, plan.layers, strict=True):
+            x = block(x, rope, layer_cache)
+        cache.record(plan, idx)
         return self._logits(self.ln_f(x))
 
     def prefill(self, cache: KVCache, rows: torch.Tensor, prompts: list[list[int]]) -> torch.Tensor:
@@ -455,14 +284,11 @@ class GPT(nn.Module):
         """
         if any(len(p) == 0 for p in prompts):
             raise ValueError("prefill needs at least one token per prompt")
-        block = self.config.block_size
-        prompts = [list(p[-block:]) for p in prompts]
+        prompts = [torch.tensor(p[-self.config.block_size :]) for p in prompts]
         lengths = torch.tensor([len(p) for p in prompts], device=cache.lengths.device)
-        idx = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long, device=lengths.device)
-        for i, p in enumerate(prompts):  # right padding: causal attention never looks at it
-            idx[i, : len(p)] = torch.tensor(p)
-        cache.lengths[rows] = 0
-        cache.positions[rows] = 0
+        # right padding: causal attention never looks at it
+        idx = nn.utils.rnn.pad_sequence(prompts, batch_first=True).to(lengths.device)
+        cache.lengths[rows] = cache.positions[rows] = 0
         logits = self._forward_cached(idx, cache, rows)
         cache.lengths[rows] = cache.positions[rows] = lengths  # padding slots: overwritten next
         return logits[torch.arange(len(prompts), device=idx.device), lengths - 1]
@@ -472,18 +298,17 @@ class GPT(nn.Module):
 
         A full row (block_size tokens) slides. With rotary positions it drops its oldest token at
         every step for free. With learned positions the cached keys of a shifted context are
-        invalid, so it drops its oldest block_size // 4 tokens (at least one) and is refilled
-        from the tokens it keeps: a refill every block_size // 4 steps instead of a full
-        recomputation at every step.
+        invalid, so it drops its oldest block_size // 4 tokens (at least one) and is refilled from
+        the rest: a refill every block_size // 4 steps, not a full recomputation at every step.
         """
-        block = self.config.block_size
-        if self.wpe is None or not (full := cache.lengths[rows] == block).any():
+        block_size = self.config.block_size
+        if self.wpe is None or not (full := cache.lengths[rows] == block_size).any():
             return self._forward_cached(tokens[:, None], cache, rows)[:, -1].float()
         logits = torch.empty(len(rows), self.config.vocab_size, device=tokens.device)
         if (~full).any():
             step = self._forward_cached(tokens[~full, None], cache, rows[~full])
             logits[~full] = step[:, -1].to(logits.dtype)
-        drop = max(1, block // 4)
+        drop = max(1, block_size // 4)
         context = [cache.context(int(r))[drop:] for r in rows[full]]
         kept = [c + [t] for c, t in zip(context, tokens[full].tolist(), strict=True)]
         logits[full] = self.prefill(cache, rows[full], kept).to(logits.dtype)

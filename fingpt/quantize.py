@@ -39,7 +39,7 @@ class Int8Linear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The weights as float32, dequantized (what the chunked loss of GPT.forward reads)."""
+        """The weights as float32, dequantized (what the chunked loss, fingpt.loss, reads)."""
         return self.qweight.float() * self.scale.float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tokenizers: byte-level BPE (the default) and character-level (to reproduce the original model).
+"""Tokenizers: byte-level BPE (the default) and character-level (as Karpathy's lecture model).
 
 Both share one interface and are each saved to, and loaded from, one JSON file.
 """

@@ -1,4 +1,4 @@
-"""The HTTP server: OpenAI-style completions (streaming too), the original /generate, metrics.
+"""The HTTP server: OpenAI-style completions (streaming too), the legacy /generate, metrics.
 
     fingpt-serve --model models/latest [--host 127.0.0.1 --port 8000 --api-key KEY]
 
@@ -99,7 +99,7 @@ async def create_completion(request: CompletionRequest, http: Request, state: St
 
 @api.post("/generate", responses=errors(400, 413, 429, 500, 503, 504))
 async def generate(request: GenerateRequest, http: Request, state: State) -> GenerateResponse:
-    """The original endpoint: {"max_tokens": N} -> {"generated_text": ...}."""
+    """The legacy endpoint: {"max_tokens": N} -> {"generated_text": ...}."""
     request.check(state.settings.limits)
     return await state.ready().generate(request, http)
 

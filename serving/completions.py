@@ -1,7 +1,7 @@
 """Completions: a request becomes an engine job, and the job's steps become a response or a stream.
 
 create:   encode the prompts -> (echo only: answer now) -> submit a job -> collect or stream its steps
-generate: the same for the original /generate, answered with the text
+generate: the same for the legacy /generate, answered with the text
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from fingpt.checkpoint import LoadedModel
-from fingpt.generation import Step, prompt_logprobs
+from fingpt.generation import Step
+from fingpt.scoring import prompt_logprobs
 from serving.engine import Choice, Engine, Job, Overloaded
 from serving.errors import APIError
 from serving.metrics import Metrics

@@ -27,7 +27,7 @@ from serving.errors import APIError, ErrorResponse
 
 @dataclass
 class Limits:
-    max_tokens: int = 2048  # per request; the original allowed 2000
+    max_tokens: int = 2048  # per request
     max_n: int = 8
     max_body_bytes: int = 1_000_000
 
@@ -174,7 +174,7 @@ class CompletionRequest(Sampling):
 
 
 class GenerateRequest(Sampling):
-    """The original API: {"max_tokens": N}, now with an optional prompt and sampling fields."""
+    """The legacy API: {"max_tokens": N}, now with an optional prompt and sampling fields."""
 
     prompt: StrictStr = ""  # one text in, one generated_text out
     max_tokens: Integer = Field(100, ge=1)

@@ -7,24 +7,9 @@ import torch.nn.functional as F
 
 from fingpt.checkpoint import load_model
 from fingpt.evaluate import evaluate, main, score
-from fingpt.generation import windows
 from tests.conftest import compose
 
 TEXT = "Operator: Good day. Revenue was $1.48 billion, up 24.9% in Q3'24."
-
-
-def test_windows_score_every_token_exactly_once():
-    ids = list(range(100))
-    for block, stride in [(16, 16), (16, 5), (16, 1), (200, 100)]:
-        scored = [t for _, targets in windows(ids, block, stride) for t in targets if t != -100]
-        assert scored == ids[1:]
-        assert all(len(x) <= block for x, _ in windows(ids, block, stride))
-
-
-def test_the_last_window_ends_at_the_calls_end_with_a_whole_window_of_context():
-    ids = list(range(40))  # 39 targets: windows of 16 scored 1-16, 17-32, then 33-39
-    inputs, targets = list(windows(ids, 16, 16))[-1]
-    assert inputs == ids[23:39] and targets == [-100] * 9 + ids[33:]
 
 
 def test_bpb_equals_the_value_computed_by_hand(trained_run):

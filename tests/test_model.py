@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+import fingpt.loss
 import fingpt.model
 from fingpt.model import GPT, GPTConfig, apply_rotary, rotary
 
@@ -74,12 +75,12 @@ def test_a_config_without_the_new_fields_is_the_gpt2_layout_as_before():
     )
     assert (config.zero_init_proj, config.logit_softcap, config.activation) == (False, None, None)
     assert GPTConfig(**config.to_dict()) == config  # and it round-trips through config.json
-    assert GPTConfig(**dict(old, activation="relu")).mlp == "relu"  # the original layout's name
+    assert GPTConfig(**dict(old, activation="relu")).mlp == "relu"  # the lecture layout's name
     with pytest.raises(ValueError, match="activation is the old name of mlp, set only mlp"):
         GPTConfig(activation="relu", mlp="swiglu")
 
 
-def test_the_original_layout_counts_10_715_998_parameters():
+def test_karpathys_char_lecture_layout_counts_10_715_998_parameters():
     config = GPTConfig(
         vocab_size=94,
         block_size=8,
@@ -98,7 +99,7 @@ def test_the_original_layout_counts_10_715_998_parameters():
 def test_tied_head_shares_the_embedding_and_is_counted_once():
     tied, untied = tiny(tie_weights=True), tiny(tie_weights=False)
     assert tied.lm_head.weight is tied.wte.weight
-    assert tied.lm_head.bias is None  # as in GPT-2; an untied one has one, as in the original
+    assert tied.lm_head.bias is None  # as in GPT-2; an untied one has one, as in the lecture model
     assert untied.num_parameters() - tied.num_parameters() == 64 * 32 + 64
 
 
@@ -213,7 +214,7 @@ def test_logit_softcap_is_cap_times_tanh_of_the_logits_over_cap():
 
 @pytest.mark.parametrize("layout", [{}, {"tie_weights": False, "logit_softcap": 3.0}])
 def test_the_chunked_loss_and_its_gradients_equal_cross_entropy_over_full_logits(layout, monkeypatch):
-    monkeypatch.setattr(fingpt.model, "loss_chunk_rows", lambda *_: 7)  # ragged chunks
+    monkeypatch.setattr(fingpt.loss, "loss_chunk_rows", lambda *_: 7)  # ragged chunks
     model = tiny(**layout).train()
     idx, targets = torch.randint(0, 64, (2, 2, 16)).unbind(0)
     targets[:, 10:] = -100
@@ -291,7 +292,7 @@ def test_cached_decoding_equals_a_full_forward_across_the_window_boundary(name, 
     that is not a forward over the held tokens alone: a held key was computed from tokens that
     have left the window since)."""
     model = preset(name)
-    block = model.config.block_size
+    block_size = model.config.block_size
     rope = model.config.pos_emb == "rope"
     prompts = [[1, 2, 3], list(range(5, 16)), list(range(40, 63))]
     sequences = [list(p) for p in prompts]
@@ -304,22 +305,22 @@ def test_cached_decoding_equals_a_full_forward_across_the_window_boundary(name, 
             context = cache.context(r)
             assert context == seq[-len(context) :]  # the cache holds the newest tokens
             if rope:
-                assert len(context) == min(len(seq), block)
+                assert len(context) == min(len(seq), block_size)
                 expected = sliding_window_forward(model, seq, monkeypatch)[-1]
             else:
-                assert block - block // 4 < len(context) <= block or len(seq) <= block
+                assert block_size - block_size // 4 < len(context) <= block_size or len(seq) <= block_size
                 expected = model(torch.tensor([context]))[0][0, -1]
             torch.testing.assert_close(logits[r], expected, rtol=0, atol=2e-5)
-            if len(seq) <= block:  # before any slide both are a forward over the tokens held
+            if len(seq) <= block_size:  # before any slide both are a forward over the tokens held
                 torch.testing.assert_close(logits[r], model(torch.tensor([seq]))[0][0, -1], rtol=0, atol=2e-5)
         if step == 64:
             break
         next_tokens = torch.randint(0, 64, (3,))
         for seq, token in zip(sequences, next_tokens.tolist(), strict=True):
             seq.append(token)
-        slid += int((cache.lengths == block).sum())
+        slid += int((cache.lengths == block_size).sum())
         logits = model.decode(cache, rows, next_tokens)
-    assert all(len(s) > block + block // 2 for s in sequences)
+    assert all(len(s) > block_size + block_size // 2 for s in sequences)
     assert slid >= 3  # every row crossed the window boundary at least once
 
 
