@@ -242,10 +242,8 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if targets is None:
             return self._logits(x), None
-        head, h = self.lm_head, x.flatten(0, 1)
-        return None, linear_cross_entropy(
-            h, head.weight, head.bias, targets.flatten(), self.config.logit_softcap
-        )
+        h, cap = x.flatten(0, 1), self.config.logit_softcap
+        return None, linear_cross_entropy(h, self.lm_head.weight, self.lm_head.bias, targets.flatten(), cap)
 
     def _embed(self, idx: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
         """Token embeddings at `positions`: plus learned position vectors, or with the rotary
