@@ -26,8 +26,8 @@ from omegaconf import DictConfig
 from fingpt.checkpoint import load_model
 from fingpt.cli import user_errors
 from fingpt.config import CONF_DIR
-from fingpt.data.sources import DataError
-from fingpt.generation import SamplingParams, generate, window_logprobs, windows
+from fingpt.errors import DataError
+from fingpt.generation import continue_text, window_logprobs, windows
 from fingpt.model import GPT
 from fingpt.quantize import to_dtype
 from fingpt.tokenizer import Tokenizer
@@ -74,21 +74,21 @@ def score(
 
 
 def evaluate(cfg: DictConfig) -> Score:
-    from fingpt.data.prepare import Corpus
+    from fingpt.data.corpus import Corpus
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model(cfg.model_path, device=device)
     if cfg.dtype:
         to_dtype(loaded.model, cfg.dtype)
-    texts = (doc.text for split, doc in Corpus(cfg.data) if cfg.split in (None, split))
-    result = score(loaded.model, loaded.tokenizer, texts, cfg.stride, cfg.batch_size)
+    result = score(
+        loaded.model, loaded.tokenizer, Corpus(cfg.data).texts(cfg.split), cfg.stride, cfg.batch_size
+    )
     unknown = getattr(loaded.tokenizer, "unknown", None)
     if unknown:
         print(f"{sum(unknown.values())} characters unknown to the tokenizer were scored as one id")
-    if cfg.sample.tokens > 0:
-        params = SamplingParams(max_new_tokens=cfg.sample.tokens, **cfg.sample.sampling)
-        (completion,) = generate(loaded.model, loaded.tokenizer, [cfg.sample.prompt], params)
-        print(f"sample: {cfg.sample.prompt}{completion.text}")
+    completion = continue_text(loaded.model, loaded.tokenizer, cfg.sample)
+    if completion is not None:
+        print(f"sample: {cfg.sample.prompt}{completion}")
     return result
 
 
