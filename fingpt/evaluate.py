@@ -80,9 +80,8 @@ def evaluate(cfg: DictConfig) -> Score:
     loaded = load_model(cfg.model_path, device=device)
     if cfg.dtype:
         to_dtype(loaded.model, cfg.dtype)
-    result = score(
-        loaded.model, loaded.tokenizer, Corpus(cfg.data).texts(cfg.split), cfg.stride, cfg.batch_size
-    )
+    texts = Corpus(cfg.data).texts(cfg.split)
+    result = score(loaded.model, loaded.tokenizer, texts, cfg.stride, cfg.batch_size)
     unknown = getattr(loaded.tokenizer, "unknown", None)
     if unknown:
         print(f"{sum(unknown.values())} characters unknown to the tokenizer were scored as one id")
