@@ -20,17 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from fingpt.config import compose
+from fingpt.data.prepare import Prepared, prepare
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def prepare_corpus(corpus: Path, cache: Path) -> tuple[Path, float]:
-    from fingpt.config import compose
-    from fingpt.data.prepare import prepare
-
+def prepare_corpus(corpus: Path, cache: Path) -> tuple[Prepared, float]:
     cfg = compose("prepare", ["data=local", f"data.path={corpus}", f"paths.cache_dir={cache}"])
     start = time.perf_counter()
-    folder = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
-    return folder, time.perf_counter() - start
+    data = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
+    return data, time.perf_counter() - start
 
 
 def repeat_corpus(folder: Path, times: int) -> Path:
@@ -54,8 +54,9 @@ def repeat_corpus(folder: Path, times: int) -> Path:
 STREAM = """
 import resource, sys, time
 from fingpt.data.datamodule import TranscriptDataModule
+from fingpt.data.prepare import Prepared
 folder, block, batch = sys.argv[1], 256, 32
-dm = TranscriptDataModule(folder, block_size=block, batch_size=batch)
+dm = TranscriptDataModule(Prepared.load(folder), block_size=block, batch_size=batch)
 steps = dm.manifest["splits"]["train"]["tokens"] // (block * batch)  # one pass worth of tokens
 start = time.perf_counter()
 for step, _ in zip(range(steps), dm.train_dataloader()):
@@ -83,9 +84,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as cache:
-        folder, seconds = prepare_corpus(args.corpus, Path(cache))
-        manifest = json.loads((folder / "manifest.json").read_text())
-        mb = sum(s["bytes"] for s in manifest["splits"].values()) / 1e6
+        data, seconds = prepare_corpus(args.corpus, Path(cache))
+        mb = sum(s["bytes"] for s in data.manifest["splits"].values()) / 1e6
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
             f"prepare {args.corpus.name}: {mb:.1f} MB of calls in {seconds:.1f} s = "
@@ -93,7 +93,7 @@ def main() -> None:
         )
         peaks = {}
         for times in (1, 4):
-            target = folder if times == 1 else repeat_corpus(folder, times)
+            target = data.folder if times == 1 else repeat_corpus(data.folder, times)
             steps, tokens_per_s, peaks[times] = stream_peak(target)
             print(
                 f"stream corpus x{times}: {steps} batches of 32 x 256, "

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from fingpt.config import compose
 from fingpt.data.datamodule import TranscriptDataModule
-from fingpt.data.prepare import load_manifest, prepare
+from fingpt.data.prepare import prepare
 from fingpt.lit_module import GPTLitModule
 from fingpt.loss import linear_cross_entropy
 from fingpt.model import GPT, CausalSelfAttention, GPTConfig
@@ -186,9 +186,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:  # the calls committed in tests/corpus: any clone has them
         overrides = [f"paths.data_dir={ROOT / 'tests' / 'corpus'}", f"tokenizer={args.tokenizer}"]
         cfg = compose("prepare", [*overrides, f"paths.cache_dir={tmp}"])
-        folder = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
-        manifest = load_manifest(folder)
-        data = TranscriptDataModule(folder, block_size=args.block_size, batch_size=args.batch_size)
+        prepared = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
+        manifest = prepared.manifest
+        data = TranscriptDataModule(prepared, block_size=args.block_size, batch_size=args.batch_size)
         batches = list(itertools.islice(data.train_dataloader(), args.steps + args.warmup))
         config = dict(
             vocab_size=manifest["vocab_size"], block_size=args.block_size, n_embd=args.n_embd,
@@ -213,8 +213,8 @@ def main() -> None:
                         "warmup_steps": 10,
                         "min_lr_ratio": 0.1,
                     },
-                    dataset_dir=str(folder),
                     tokens_per_byte=val["tokens"] / val["bytes"],
+                    tokenizer=prepared.tokenizer,
                     sample=None,
                 )
                 tps = lightning_loop(module, batches, args.warmup, tmp)

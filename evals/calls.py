@@ -1,11 +1,12 @@
-"""The data of the fingpt_calls task: calls read by fingpt's own readers, so lm-eval scores the
-same texts as fingpt-evaluate does."""
+"""The data of the fingpt_calls task: calls read through fingpt's own `Corpus` (duplicates and
+empty calls dropped), so lm-eval scores the same texts as fingpt-evaluate does."""
 
 import re
 
 import datasets
 
-from fingpt.data.sources import DataError, from_path
+from fingpt.data.corpus import Corpus
+from fingpt.errors import DataError
 
 
 def load(path: str | None = None, text_column: str = "content", **_) -> datasets.DatasetDict:
@@ -14,7 +15,7 @@ def load(path: str | None = None, text_column: str = "content", **_) -> datasets
         raise DataError(
             'fingpt_calls needs a file of calls to score: add --metadata \'{"path": "calls.parquet"}\''
         )
-    texts = [doc.text for doc in from_path(path, text_column=text_column)]
+    texts = list(Corpus.from_path(path, text_column=text_column).texts())
     if not texts:
         raise DataError(f"{path}: no calls to score")
     return datasets.DatasetDict({"test": datasets.Dataset.from_dict({"text": texts})})

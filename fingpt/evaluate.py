@@ -26,8 +26,8 @@ from omegaconf import DictConfig
 from fingpt.checkpoint import load_model
 from fingpt.cli import user_errors
 from fingpt.config import CONF_DIR
-from fingpt.data.sources import DataError
-from fingpt.generation import SamplingParams, generate
+from fingpt.errors import DataError
+from fingpt.generation import continue_text
 from fingpt.model import GPT
 from fingpt.quantize import to_dtype
 from fingpt.scoring import window_logprobs, windows
@@ -75,21 +75,20 @@ def score(
 
 
 def evaluate(cfg: DictConfig) -> Score:
-    from fingpt.data.prepare import Corpus
+    from fingpt.data.corpus import Corpus
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model(cfg.model_path, device=device)
     if cfg.dtype:
         to_dtype(loaded.model, cfg.dtype)
-    texts = (doc.text for split, doc in Corpus(cfg.data) if cfg.split in (None, split))
+    texts = Corpus(cfg.data).texts(cfg.split)
     result = score(loaded.model, loaded.tokenizer, texts, cfg.stride, cfg.batch_size)
     unknown = getattr(loaded.tokenizer, "unknown", None)
     if unknown:
         print(f"{sum(unknown.values())} characters unknown to the tokenizer were scored as one id")
-    if cfg.sample.tokens > 0:
-        params = SamplingParams(max_new_tokens=cfg.sample.tokens, **cfg.sample.sampling)
-        (completion,) = generate(loaded.model, loaded.tokenizer, [cfg.sample.prompt], params)
-        print(f"sample: {cfg.sample.prompt}{completion.text}")
+    completion = continue_text(loaded.model, loaded.tokenizer, cfg.sample)
+    if completion is not None:
+        print(f"sample: {cfg.sample.prompt}{completion}")
     return result
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import codecs
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -310,3 +310,13 @@ def generate(
             if step.finish_reason:
                 reasons[r] = step.finish_reason
     return [Completion("".join(texts[r]), tokens[r], reasons[r]) for r in rows]
+
+
+def continue_text(model: GPT, tokenizer: Tokenizer, sample: Mapping) -> str | None:
+    """The continuation of a sample config's prompt (conf/sample: prompt, tokens, sampling), as
+    training logs it and fingpt-evaluate prints it; None when it asks for no tokens."""
+    if sample["tokens"] < 1:
+        return None
+    params = SamplingParams(max_new_tokens=sample["tokens"], **sample["sampling"])
+    (completion,) = generate(model, tokenizer, [sample["prompt"]], params)
+    return completion.text

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from fingpt.cli import user_errors
 from fingpt.config import CONF_DIR
 from fingpt.data.datamodule import TranscriptDataModule
-from fingpt.data.prepare import load_manifest, prepare
+from fingpt.data.prepare import prepare
 from fingpt.export import export, export_hf, point_latest
 from fingpt.hf import hf_family
 from fingpt.lit_module import GPTLitModule
@@ -90,21 +90,21 @@ def choose_precision(cfg: DictConfig) -> None:
 
 def build(cfg: DictConfig) -> tuple[GPTLitModule, TranscriptDataModule]:
     """The prepared data (prepared now unless cached), its batches and the module that trains on them."""
-    dataset_dir = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
-    manifest = load_manifest(dataset_dir)
+    data = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
+    manifest = data.manifest
     model_config = instantiate(cfg.model, vocab_size=manifest["vocab_size"])
     if cfg.export.format == "hf":  # before training: a layout without a family is refused now
         hf_family(model_config)
     datamodule = TranscriptDataModule(
-        dataset_dir, block_size=model_config.block_size, seed=cfg.seed, **cfg.data.loader
+        data, block_size=model_config.block_size, seed=cfg.seed, **cfg.data.loader
     )
     validation = manifest["splits"]["validation"]
     module = GPTLitModule(
         model=model_config.to_dict(),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-        dataset_dir=str(dataset_dir),
         tokens_per_byte=validation["tokens"] / validation["bytes"],
+        tokenizer=data.tokenizer,
         compile=cfg.compile,
         sample=OmegaConf.to_container(cfg.sample, resolve=True),
         data={

@@ -62,7 +62,7 @@ def compose(config_name: str, overrides: list[str]):
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory):
     """Prepare a data config (cc_by_sa, maec, ...) of the sample, or of the full corpora for a
-    test marked `corpora`, once per session: its folder."""
+    test marked `corpora`, once per session: its `Prepared` data."""
     from fingpt.data.prepare import prepare
 
     cache = tmp_path_factory.mktemp("prepared")

@@ -7,11 +7,14 @@ import os
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from fingpt.data.sources import DataError
+from fingpt.errors import DataError
 from fingpt.evaluate import evaluate
 from fingpt.export import export_hf
 from serving.app import Settings, create_app
@@ -74,10 +77,16 @@ def test_lm_eval_via_fingpt_serve_gives_fingpt_evaluates_bpb(bundle, calls, fing
     assert [status for status, _ in answered] == ["200"] and float(answered[0][1]) > 0
 
 
-def test_the_task_without_a_file_of_calls_says_how_to_give_one(tmp_path):
+def calls_module():
+    """evals/calls.py as lm-eval loads it: a file beside the task's YAML, not a package."""
     spec = importlib.util.spec_from_file_location("calls", ROOT / "evals" / "calls.py")
     calls = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(calls)
+    return calls
+
+
+def test_the_task_without_a_file_of_calls_says_how_to_give_one(tmp_path):
+    calls = calls_module()
     with pytest.raises(DataError, match=r"""add --metadata '\{"path": "calls.parquet"\}'"""):
         calls.load(pretrained="models/x-hf")  # lm-eval passes its model arguments along
     (tmp_path / "empty.jsonl").write_text("")
@@ -85,3 +94,21 @@ def test_the_task_without_a_file_of_calls_says_how_to_give_one(tmp_path):
         calls.load(path=str(tmp_path / "empty.jsonl"))
     (tmp_path / "two.jsonl").write_text('{"content": "Operator: Hello."}\n{"content": "EPS $1.02."}\n')
     assert calls.load(path=str(tmp_path / "two.jsonl"))["test"]["text"] == ["Operator: Hello.", "EPS $1.02."]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_the_task_scores_the_very_calls_fingpt_evaluate_scores(suffix, tmp_path, monkeypatch):
+    texts = ["Operator: Hello.", "EPS $1.02.", "", "Operator: Hello.", "  \n", "Revenue rose 4%."]
+    path = tmp_path / f"calls{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(pa.table({"content": texts}), path)
+    else:
+        path.write_text("".join(json.dumps({"content": text}) + "\n" for text in texts))
+    scored = []  # what fingpt-evaluate hands to its scorer, read by its own config
+    monkeypatch.setattr(
+        "fingpt.evaluate.load_model", lambda *args, **kwargs: SimpleNamespace(model=None, tokenizer=None)
+    )
+    monkeypatch.setattr("fingpt.evaluate.score", lambda model, tokenizer, texts, *args: scored.extend(texts))
+    evaluate(compose("evaluate", ["model_path=x.ckpt", f"data.path={path}"]))
+    assert calls_module().load(path=str(path))["test"]["text"] == scored
+    assert scored == ["Operator: Hello.", "EPS $1.02.", "Revenue rose 4%."]  # no duplicate, no empty call

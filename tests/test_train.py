@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fingpt.checkpoint import load_model
 from fingpt.config import CONF_DIR
+from fingpt.lit_module import fused_optimizer
 from fingpt.model import GPT
 from fingpt.optim import WarmupCosine, WarmupStableDecay
 from fingpt.train import choose_precision, main, train
@@ -62,10 +64,47 @@ def test_the_sweep_and_tool_configs_compose():
 
 @pytest.mark.parametrize(
     ("precision", "fused"),
-    [("32-true", True), ("bf16-true", True), ("bf16-mixed", False), ("16-mixed", False), ("auto", False)],
+    [("32-true", True), ("bf16-true", True), ("bf16-mixed", False), ("16-mixed", False)],
 )
 def test_adamw_is_fused_except_under_autocast_where_lightning_must_clip_unfused(precision, fused):
-    assert compose("train", [f"precision={precision}"]).optimizer.fused is fused
+    cfg = compose("train", [f"precision={precision}"])
+    assert "fused" not in cfg.optimizer  # decided by the module from the trainer's precision
+    assert fused_optimizer(cfg.trainer.precision) is fused
+
+
+GPT2_LAYOUT = {
+    "bias": True,
+    "mlp": "gelu",
+    "pos_emb": "learned",
+    "norm": "layernorm",
+    "qk_norm": False,
+    "zero_init_proj": False,
+}
+MODERN_LAYOUT = {
+    "bias": False,
+    "mlp": "relu2",
+    "pos_emb": "rope",
+    "rope_base": 10000.0,
+    "norm": "rmsnorm",
+    "qk_norm": True,
+    "zero_init_proj": True,
+}
+PRESETS = {  # block_size, n_embd, n_head, n_layer, dropout; layout
+    "tiny": ((128, 96, 4, 4, 0.0), GPT2_LAYOUT),
+    "small": ((256, 384, 6, 6, 0.2), GPT2_LAYOUT),
+    "medium": ((512, 512, 8, 8, 0.1), GPT2_LAYOUT),
+    "gpt2": ((1024, 768, 12, 12, 0.0), GPT2_LAYOUT),
+    "modern_tiny": ((128, 128, 4, 4, 0.0), MODERN_LAYOUT),
+    "modern_small": ((256, 384, 6, 6, 0.2), MODERN_LAYOUT),
+}
+
+
+@pytest.mark.parametrize("size", sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+def test_each_model_preset_is_its_size_on_its_layout(size):
+    shape, layout = PRESETS[size]
+    sizes = dict(zip(("block_size", "n_embd", "n_head", "n_layer", "dropout"), shape, strict=True))
+    common = {"_target_": "fingpt.model.GPTConfig", "tie_weights": True, "logit_softcap": None}
+    assert OmegaConf.to_container(compose("train", [f"model={size}"]).model) == common | sizes | layout
 
 
 def test_seed_char_composes_to_the_original_hyperparameters():
@@ -149,6 +188,7 @@ def test_precision_auto_is_bf16_mixed_only_where_bfloat16_is_native(native, monk
         choose_precision(auto)
         choose_precision(named)
     assert auto.trainer.precision == ("bf16-mixed" if native else "32-true")
+    assert fused_optimizer(auto.trainer.precision) is not native
     assert named.trainer.precision == "bf16-mixed"  # asked for by name: kept, with a warning where emulated
     assert ("bfloat16: its matrix products are emulated, tens of times slower" in caplog.text) is not native
 
@@ -254,6 +294,7 @@ def test_a_time_budget_ends_the_run_and_the_schedule_with_it(tmp_path, cache_dir
 
 def test_validation_during_fit_scores_a_fixed_sample_and_after_fit_every_window(tmp_path, cache_dir):
     from fingpt.data.datamodule import TranscriptDataModule
+    from fingpt.data.prepare import Prepared
 
     recorder = tmp_path / "val_windows.txt"
     overrides = ["data.loader.val_windows=6", "trainer.limit_val_batches=1.0", "trainer.max_steps=4"]
@@ -263,8 +304,8 @@ def test_validation_during_fit_scores_a_fixed_sample_and_after_fit_every_window(
     ]
     train(train_config(tmp_path, cache_dir, [*overrides, f"+callbacks.counter.path={recorder}"]))
     counts = [int(n) for n in recorder.read_text().split()]
-    dataset_dir = next(Path(cache_dir).glob("cc_by_sa-*"))
-    every = len(TranscriptDataModule(dataset_dir, block_size=32).val_dataloader().dataset)
+    data = Prepared.load(next(Path(cache_dir).glob("cc_by_sa-*")))
+    every = len(TranscriptDataModule(data, block_size=32).val_dataloader().dataset)
     assert counts == [6, 6, every]  # steps 2 and 4 in fit, then the best checkpoint on all of it
 
 

@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, get_worker_info
 
-from fingpt.data.prepare import load_manifest
-from fingpt.data.sources import DataError
+from fingpt.data.prepare import Prepared
+from fingpt.errors import DataError
 
 
 class TokenShards:
@@ -106,11 +106,11 @@ class ValWindows(Dataset):
 
 
 class TranscriptDataModule(L.LightningDataModule):
-    """Training and validation batches of a folder written by `fingpt.data.prepare`."""
+    """Training and validation batches of the data `fingpt.data.prepare` made."""
 
     def __init__(
         self,
-        dataset_dir: str | Path,
+        data: Prepared,
         block_size: int,
         batch_size: int = 32,
         val_batch_size: int | None = None,
@@ -122,8 +122,7 @@ class TranscriptDataModule(L.LightningDataModule):
         validation split and the same each time, so validation can run often; `trainer.validate`
         still scores every window. None: every window, always."""
         super().__init__()
-        self.dataset_dir = Path(dataset_dir)
-        self.manifest = load_manifest(self.dataset_dir)
+        self.folder, self.manifest = data.folder, data.manifest
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -131,14 +130,8 @@ class TranscriptDataModule(L.LightningDataModule):
 
     def shards(self, split: str) -> TokenShards:
         if split not in self.manifest["splits"]:
-            raise DataError(
-                f"{self.dataset_dir} has no {split} split (it has {list(self.manifest['splits'])})"
-            )
-        return TokenShards(self.dataset_dir, self.manifest["splits"][split], self.manifest["dtype"])
-
-    def bytes(self, split: str) -> int:
-        """UTF-8 bytes of the calls of a split: the denominator of bits per byte."""
-        return self.manifest["splits"][split]["bytes"]
+            raise DataError(f"{self.folder} has no {split} split (it has {list(self.manifest['splits'])})")
+        return TokenShards(self.folder, self.manifest["splits"][split], self.manifest["dtype"])
 
     def train_dataloader(self) -> DataLoader:
         # Lightning restores a checkpoint's step before it asks for the loader: resume from there

@@ -38,7 +38,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fingpt.cli import user_errors
-from fingpt.data.sources import DataError, decode_utf8
+from fingpt.data.sources import decode_utf8
+from fingpt.errors import DataError
 from fingpt.files import replace_folder, sha256
 
 RECORD = "download.json"  # beside the tables: where they came from and their checksums

@@ -10,96 +10,46 @@ end, so a crash never leaves a folder that a later run trusts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
 from fingpt.cli import user_errors
 from fingpt.config import CONF_DIR
-from fingpt.data.sources import DataError, Document
+from fingpt.data.corpus import SPLITS, Corpus
+from fingpt.errors import DataError
 from fingpt.files import new_folder, short_hash
 from fingpt.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 FORMAT_VERSION = 1
 ENCODE_BATCH = 64  # calls per encode_batch call: the Rust tokenizer spreads a batch over cores
 
 
-def split_of(doc_id: str, val_fraction: float, test_fraction: float) -> str:
-    """A call's split, from the hash of its id alone: stable across runs and machines."""
-    u = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2**64
-    if u < val_fraction:
-        return "validation"
-    return "test" if u < val_fraction + test_fraction else "train"
+@dataclass
+class Prepared:
+    """A prepared folder with what the training stage needs of it, read once."""
 
+    folder: Path
+    manifest: dict  # sizes of each split, token shards, dtype, vocab_size, fingerprint
+    tokenizer: Tokenizer
 
-def _instantiate_source(cfg: DictConfig):
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(cfg)
-    except InstantiationException as e:  # show the user's error, not Hydra's wrapping of it
-        if isinstance(e.__cause__, DataError):
-            raise e.__cause__ from None
-        raise
-
-
-class Corpus:
-    """The calls of every source of a data config, each with its split, duplicates dropped."""
-
-    def __init__(self, data: DictConfig) -> None:
-        if not data.get("sources"):
-            raise DataError(f"data config {data.get('name')!r} lists no sources: add one under data.sources")
-        self.name = data.name
-        self.val_fraction = float(data.get("val_fraction", 0.1))
-        self.test_fraction = float(data.get("test_fraction", 0.0))
-        if not (
-            0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1
-        ):
-            raise DataError(
-                f"data.val_fraction ({self.val_fraction}) and data.test_fraction ({self.test_fraction}) "
-                "must be >= 0 and leave some calls for training"
-            )
-        try:
-            self.sources = {name: _instantiate_source(cfg) for name, cfg in data.sources.items()}
-        except MissingMandatoryValue as e:  # data=local without data.path
-            raise DataError(
-                f"data {self.name!r} needs {e.full_key.replace(f'sources.{self.name}.', '')}: add "
-                "data.path=PATH (a .txt, a folder of .txt, a .jsonl or a .parquet)"
-            ) from e
-        self.duplicates = 0
-
-    def fingerprint(self) -> dict:
-        return {name: source.fingerprint() for name, source in self.sources.items()}
-
-    def __iter__(self) -> Iterator[tuple[str, Document]]:
-        seen: set[bytes] = set()
-        self.duplicates = 0
-        for source in self.sources.values():
-            for doc in source:
-                digest = hashlib.sha1(doc.text.encode()).digest()
-                if digest in seen or not doc.text.strip():
-                    self.duplicates += digest in seen
-                    continue
-                seen.add(digest)
-                split = source.split or split_of(doc.id, self.val_fraction, self.test_fraction)
-                if split not in SPLITS:
-                    raise DataError(f"source split {split!r} is not one of {SPLITS}")
-                yield split, doc
-
-    def texts(self, split: str) -> Iterator[str]:
-        return (doc.text for s, doc in self if s == split)
+    @classmethod
+    def load(cls, folder: str | Path) -> Prepared:
+        """A folder prepared earlier."""
+        folder = Path(folder)
+        path = folder / "manifest.json"
+        if not path.is_file():
+            raise DataError(f"{folder} holds no manifest.json: it is not prepared data; run fingpt-prepare")
+        manifest = json.loads(path.read_text())
+        return cls(folder, manifest, load_tokenizer(folder / manifest["tokenizer"]))
 
 
 class ShardWriter:
@@ -166,14 +116,14 @@ def fingerprint(data: DictConfig, tokenizer_cfg: DictConfig, corpus: Corpus) -> 
     return short_hash(key)
 
 
-def prepare(data: DictConfig, tokenizer_cfg: DictConfig, cache_dir: str | Path) -> Path:
-    """Return the prepared folder of this config, preparing it first unless it is cached."""
+def prepare(data: DictConfig, tokenizer_cfg: DictConfig, cache_dir: str | Path) -> Prepared:
+    """The prepared data of this config, prepared first unless it is cached."""
     corpus = Corpus(data)
     key = fingerprint(data, tokenizer_cfg, corpus)
     out = Path(cache_dir) / f"{data.name}-{key}"
     if (out / "manifest.json").is_file():
         log.info("reusing prepared data %s", out)
-        return out
+        return Prepared.load(out)
 
     start = time.perf_counter()
     with new_folder(out) as tmp:  # another process preparing the same folder at once is harmless
@@ -216,7 +166,7 @@ def prepare(data: DictConfig, tokenizer_cfg: DictConfig, cache_dir: str | Path) 
     log.info("prepared %s in %.1f s (%.1f MB/s)", out, seconds, mb / seconds)
     for split, s in splits.items():
         log.info("  %-10s %6d calls %12d tokens %12d bytes", split, s["calls"], s["tokens"], s["bytes"])
-    return out
+    return Prepared(out, manifest, tokenizer)
 
 
 def _encode(corpus: Corpus, tokenizer: Tokenizer, writers: dict[str, ShardWriter]) -> None:
@@ -235,20 +185,13 @@ def _encode(corpus: Corpus, tokenizer: Tokenizer, writers: dict[str, ShardWriter
     flush(batch)
 
 
-def load_manifest(folder: str | Path) -> dict:
-    path = Path(folder) / "manifest.json"
-    if not path.is_file():
-        raise DataError(f"{folder} holds no manifest.json: it is not prepared data; run fingpt-prepare")
-    return json.loads(path.read_text())
-
-
 def main() -> None:
     import hydra
 
     @hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")
     def run(cfg: DictConfig) -> None:
         with user_errors():
-            print(prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir))
+            print(prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir).folder)
 
     run()
 

@@ -3,7 +3,7 @@
 A source is built from a data config entry with `hydra.utils.instantiate` (`_target_` is
 `fingpt.data.sources.from_path` for local files, `fingpt.data.sources.HubSource` for the Hub).
 `split` pins every call of a source to one split (a corpus's own train/validation files);
-left empty, calls are split by the hash of their id (see `fingpt.data.prepare`).
+left empty, calls are split by the hash of their id (see `fingpt.data.corpus`).
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from fingpt.errors import DataError
 from fingpt.files import sha256, short_hash
 
 log = logging.getLogger(__name__)
 
 SEPARATOR = "--- NEXT EARNINGS CALL ---"
-
-
-class DataError(ValueError):
-    """A problem with the user's data or data config; the message names the input and the fix."""
 
 
 @dataclass

@@ -4,27 +4,26 @@ import torch
 from torch.utils.data import DataLoader
 
 from fingpt.data.datamodule import TokenShards, TrainWindows, TranscriptDataModule, ValWindows
-from fingpt.data.prepare import load_manifest
-from fingpt.data.sources import DataError
+from fingpt.data.prepare import Prepared
+from fingpt.errors import DataError
 
 
-def shards(folder, split):
-    manifest = load_manifest(folder)
-    return TokenShards(folder, manifest["splits"][split], manifest["dtype"])
+def shards(data: Prepared, split):
+    return TokenShards(data.folder, data.manifest["splits"][split], data.manifest["dtype"])
 
 
-def tokens_of(folder, split):
-    s = shards(folder, split)
+def tokens_of(data: Prepared, split):
+    s = shards(data, split)
     return np.concatenate([np.fromfile(p, dtype=s.dtype) for p in s.paths]).astype(np.int64)
 
 
 def test_training_batches_are_windows_of_the_split_shifted_by_one(prepared):
-    folder = prepared("cc_by_sa")
-    datamodule = TranscriptDataModule(folder, block_size=64, batch_size=8, seed=1)
+    data = prepared("cc_by_sa")
+    datamodule = TranscriptDataModule(data, block_size=64, batch_size=8, seed=1)
     x, y = next(iter(datamodule.train_dataloader()))
     assert x.shape == y.shape == (8, 64) and x.dtype == torch.long
     assert torch.equal(x[:, 1:], y[:, :-1])
-    tokens = tokens_of(folder, "train")
+    tokens = tokens_of(data, "train")
     for row in x.numpy():
         (start,) = np.nonzero(np.all(np.lib.stride_tricks.sliding_window_view(tokens, 64) == row, axis=1))[:1]
         assert len(start)
@@ -63,10 +62,10 @@ def test_two_ranks_and_two_workers_get_disjoint_windows(prepared):
 
 
 def test_validation_covers_every_token_once_and_is_fixed(prepared):
-    folder = prepared("cc_by_sa")
-    datamodule = TranscriptDataModule(folder, block_size=100, batch_size=4, val_batch_size=16)
+    data = prepared("cc_by_sa")
+    datamodule = TranscriptDataModule(data, block_size=100, batch_size=4, val_batch_size=16)
     targets = torch.cat([y.flatten() for _, y in datamodule.val_dataloader()])
-    tokens = tokens_of(folder, "validation")
+    tokens = tokens_of(data, "validation")
     assert torch.equal(targets[targets != -100], torch.from_numpy(tokens[1:]))
     again = torch.cat([y.flatten() for _, y in datamodule.val_dataloader()])
     assert torch.equal(targets, again)
@@ -79,6 +78,6 @@ def test_a_split_shorter_than_one_window_says_what_to_change(prepared):
     assert len(ValWindows(shards(prepared("cc_by_sa"), "validation"), block_size=1_000_000)) == 1
 
 
-def test_the_datamodule_refuses_a_folder_that_was_not_prepared(tmp_path):
+def test_a_folder_that_was_not_prepared_is_refused(tmp_path):
     with pytest.raises(DataError, match="holds no manifest.json.*fingpt-prepare"):
-        TranscriptDataModule(tmp_path, block_size=8)
+        Prepared.load(tmp_path)

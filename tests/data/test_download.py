@@ -14,8 +14,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from fingpt.data.corpus import Corpus
 from fingpt.data.download import CORPORA, main
-from fingpt.data.prepare import Corpus
 from tests.conftest import DATA_DIR, ROOT, compose
 from tests.data.github import GitHub, git_blob_id
 from tests.helpers import free_port

@@ -7,22 +7,21 @@ import numpy as np
 import pytest
 
 from fingpt.data import prepare as prepare_module
-from fingpt.data.prepare import Corpus, load_manifest, prepare
-from fingpt.data.sources import DataError
-from fingpt.tokenizer import load_tokenizer
+from fingpt.data.corpus import Corpus
+from fingpt.data.prepare import Prepared, prepare
+from fingpt.errors import DataError
 from tests.conftest import CORPORA_DIR, compose
 from tests.helpers import permissions, umask_permissions
 
 
-def split_tokens(folder, split):
-    manifest = load_manifest(folder)
-    files = [folder / s["file"] for s in manifest["splits"][split]["shards"]]
-    return np.concatenate([np.fromfile(f, dtype=manifest["dtype"]) for f in files])
+def split_tokens(data: Prepared, split):
+    files = [data.folder / s["file"] for s in data.manifest["splits"][split]["shards"]]
+    return np.concatenate([np.fromfile(f, dtype=data.manifest["dtype"]) for f in files])
 
 
 def test_sample_calls_are_split_whole_and_every_byte_is_counted(prepared, sample_calls):
-    folder = prepared("cc_by_sa")
-    manifest = load_manifest(folder)
+    data = prepared("cc_by_sa")
+    manifest = data.manifest
     splits = manifest["splits"]
     assert splits["train"]["calls"] + splits["validation"]["calls"] == 85
     assert splits["validation"]["calls"] >= 1
@@ -34,13 +33,13 @@ def test_sample_calls_are_split_whole_and_every_byte_is_counted(prepared, sample
     assert sorted(by_split["train"] + by_split["validation"]) == sorted(sample_calls)  # each call once
     for split, texts in by_split.items():
         assert splits[split]["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
-        tokens = split_tokens(folder, split)
+        tokens = split_tokens(data, split)
         assert len(tokens) == splits[split]["tokens"]
         assert (tokens == manifest["eot_id"]).sum() == len(texts)  # one <|endoftext|> per call
 
 
 def test_the_bpe_round_trips_every_sample_call(prepared, sample_calls):
-    tokenizer = load_tokenizer(prepared("cc_by_sa") / "tokenizer.json")
+    tokenizer = prepared("cc_by_sa").tokenizer
     for call in sample_calls:
         assert tokenizer.decode(tokenizer.encode(call)) == call
 
@@ -76,7 +75,7 @@ def test_ectsum_keeps_its_own_splits_and_all_pools_them():
 
 
 def test_a_second_run_reuses_the_cache_without_work(prepared, monkeypatch):
-    folder = prepared("cc_by_sa")
+    folder = prepared("cc_by_sa").folder
     before = (folder / "manifest.json").stat().st_mtime_ns
 
     def no_work(*args, **kwargs):
@@ -84,7 +83,7 @@ def test_a_second_run_reuses_the_cache_without_work(prepared, monkeypatch):
 
     monkeypatch.setattr(prepare_module, "_build_tokenizer", no_work)
     cfg = compose("prepare", ["data=cc_by_sa", f"paths.cache_dir={folder.parent}"])
-    assert prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir) == folder
+    assert prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir).folder == folder
     assert (folder / "manifest.json").stat().st_mtime_ns == before
 
 
@@ -100,7 +99,7 @@ def test_a_crash_while_writing_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_char_tokenizer_gives_one_token_per_character(prepared):
-    manifest = load_manifest(prepared("cc_by_sa", "char"))
+    manifest = prepared("cc_by_sa", "char").manifest
     texts = [
         doc.text for split, doc in Corpus(compose("prepare", ["data=cc_by_sa"]).data) if split == "train"
     ]
@@ -134,7 +133,7 @@ def test_a_local_jsonl_corpus_prepares_through_the_cli(tmp_path, capsys, monkeyp
     )
     prepare_module.main()
     folder = capsys.readouterr().out.strip().splitlines()[-1]
-    manifest = load_manifest(folder)
+    manifest = Prepared.load(folder).manifest
     assert manifest["splits"]["train"]["calls"] + manifest["splits"]["validation"]["calls"] == 40
 
 
@@ -158,7 +157,7 @@ def test_the_cli_prints_a_one_line_error_for_bad_input(args, message, tmp_path, 
 
 
 def test_a_prepared_folder_is_readable_as_any_plain_file_is(prepared):
-    folder = prepared("cc_by_sa")
+    folder = prepared("cc_by_sa").folder
     assert permissions(folder) == umask_permissions(folder)
 
 

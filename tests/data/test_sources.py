@@ -5,8 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fingpt.data.prepare import Corpus
-from fingpt.data.sources import SEPARATOR, DataError, HubSource, ParquetSource, from_path
+from fingpt.data.corpus import Corpus
+from fingpt.data.sources import SEPARATOR, HubSource, ParquetSource, from_path
+from fingpt.errors import DataError
 from tests.conftest import CORPORA_DIR, DATA_DIR, compose
 
 
