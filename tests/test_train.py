@@ -228,6 +228,11 @@ def test_a_killed_run_resumes_at_the_same_step_with_the_same_batches(optimizer, 
         assert r["loss"] == pytest.approx(whole[r["step"]]["loss"], abs=1e-4)
     logged = scalars(tmp_path / "killed")
     assert max(step for step, _ in logged["val/bpb"]) == 16  # one run folder, one continued curve
+    # the resumed run overwrote its best.ckpt and last.ckpt: no best-v1.ckpt beside them
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == [
+        "best.ckpt",
+        "last.ckpt",
+    ]
     assert resumed[-1]["loss"] < whole[0]["loss"] - 0.5
 
 
