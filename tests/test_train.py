@@ -229,10 +229,8 @@ def test_a_killed_run_resumes_at_the_same_step_with_the_same_batches(optimizer, 
     logged = scalars(tmp_path / "killed")
     assert max(step for step, _ in logged["val/bpb"]) == 16  # one run folder, one continued curve
     # the resumed run overwrote its best.ckpt and last.ckpt: no best-v1.ckpt beside them
-    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == [
-        "best.ckpt",
-        "last.ckpt",
-    ]
+    checkpoints = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert checkpoints == ["best.ckpt", "last.ckpt"]
     assert resumed[-1]["loss"] < whole[0]["loss"] - 0.5
 
 
