@@ -122,9 +122,10 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The trainer, its checkpoints where fingpt.runs keeps them: the monitored one best.ckpt."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     for callback in callbacks:
-        if isinstance(callback, ModelCheckpoint):
+        if isinstance(callback, ModelCheckpoint):  # real path: as Lightning compares it on resume
             callback.dirpath = os.path.realpath(Run(Path(cfg.paths.output_dir)).checkpoints)
-            callback.filename = BEST if callback.monitor else callback.filename
+            if callback.monitor and callback.filename is None:
+                callback.filename = BEST
     if not cfg.trainer.enable_progress_bar:  # Lightning refuses a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
