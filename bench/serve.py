@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
+from fingpt.card import Card
 from fingpt.checkpoint import LoadedModel
 from fingpt.generation import SamplingParams, generate
 from fingpt.model import GPT, GPTConfig
@@ -145,7 +146,7 @@ def concurrency(
     from serving.app import Settings, create_app
     from serving.testing import BackgroundServer
 
-    loaded = LoadedModel(model, tokenizer, {"name": "bench"})
+    loaded = LoadedModel(model, tokenizer, Card(name="bench"))
     body = {"prompt": PROMPT, "max_tokens": tokens, "temperature": 0.8, "ignore_eos": True}
     with BackgroundServer(
         create_app(Settings(model="bench", device="cpu", max_batch_size=16), loaded)

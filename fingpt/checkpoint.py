@@ -8,15 +8,16 @@ evaluation, export and the server share it.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from fingpt.card import Card
 from fingpt.files import sha256
 from fingpt.model import GPT, GPTConfig
+from fingpt.runs import Run
 from fingpt.tokenizer import Tokenizer, tokenizer_from_json
 
 BUNDLE_FILES = ("model.safetensors", "config.json", "tokenizer.json", "card.json")
@@ -26,7 +27,7 @@ BUNDLE_FILES = ("model.safetensors", "config.json", "tokenizer.json", "card.json
 class LoadedModel:
     model: GPT
     tokenizer: Tokenizer
-    info: dict = field(default_factory=dict)  # val_bpb, steps, tokens_seen, data, ...
+    info: Card = field(default_factory=Card)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -36,25 +37,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         loaded = load_bundle(path)
     else:
         if path.is_dir():
-            path = run_checkpoint(path)
+            path = Run(path).checkpoint()
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: pass a bundle, a run folder or a .ckpt")
         loaded = load_checkpoint(path)
+        final = Run.containing(path).final_val_bpb(path)
+        if final is not None:  # result.json's: the whole validation split, not fit's sample
+            loaded.info.val_bpb = final
     loaded.model.to(device).eval()
     return loaded
-
-
-def run_checkpoint(run: Path) -> Path:
-    """A run folder's best checkpoint: the lowest val/bpb in a best-*.ckpt name (a resumed run
-    can hold several), else the newest best-*.ckpt, else last.ckpt."""
-    best = list(run.glob("checkpoints/best-*.ckpt"))
-    scored = [(float(m[1]), p) for p in best if (m := re.search(r"bpb(\d+(?:\.\d+)?)", p.name))]
-    if scored:
-        return min(scored)[1]
-    found = sorted(best, key=lambda p: p.stat().st_mtime) or list(run.glob("checkpoints/last.ckpt"))
-    if not found:
-        raise FileNotFoundError(f"{run} is neither a bundle nor a run folder with checkpoints/*.ckpt")
-    return found[-1]
 
 
 def load_bundle(folder: Path) -> LoadedModel:
@@ -62,12 +53,10 @@ def load_bundle(folder: Path) -> LoadedModel:
     for name in BUNDLE_FILES:
         if not (folder / name).is_file():
             raise ValueError(f"bundle {folder} is missing {name}: export it again (fingpt-export)")
-    try:
-        card = json.loads((folder / "card.json").read_text())
-        checksums = card["sha256"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise ValueError(f"bundle {folder}: card.json is corrupt ({e}): export it again") from e
-    for name, expected in checksums.items():
+    card = Card.load(folder / "card.json")
+    if not card.sha256:
+        raise ValueError(f"bundle {folder}: card.json has no checksums (sha256): export it again")
+    for name, expected in card.sha256.items():
         if sha256(folder / name) != expected:
             raise ValueError(f"bundle {folder}: {name} is corrupt (its SHA-256 differs from card.json)")
     model = GPT(GPTConfig(**json.loads((folder / "config.json").read_text())))
@@ -75,12 +64,14 @@ def load_bundle(folder: Path) -> LoadedModel:
     if model.config.tie_weights:
         state["lm_head.weight"] = state["wte.weight"]
     model.load_state_dict(state)
-    model.to(getattr(torch, card.get("dtype", "float32")))
+    model.to(getattr(torch, card.dtype))
     tokenizer = tokenizer_from_json((folder / "tokenizer.json").read_text())
     return LoadedModel(model, tokenizer, card)
 
 
 def load_checkpoint(path: Path) -> LoadedModel:
+    """The model, tokenizer and card of a Lightning checkpoint; its val_bpb is the best
+    checkpoint callback's score (on the validation windows sampled during fit)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         hparams = ckpt["hyper_parameters"]
@@ -92,12 +83,15 @@ def load_checkpoint(path: Path) -> LoadedModel:
     model.load_state_dict(state)
     scores = [s.get("best_model_score") for s in ckpt.get("callbacks", {}).values() if isinstance(s, dict)]
     scores = [float(s) for s in scores if s is not None]
-    info = {
-        "checkpoint": str(path),
-        "val_bpb": min(scores) if scores else None,
-        "steps": ckpt.get("global_step"),
-        "tokens_seen": ckpt.get("tokens_seen"),
-        "data": hparams.get("data"),
-        "hyper_parameters": hparams,
-    }
-    return LoadedModel(model, tokenizer, info)
+    card = Card(
+        parameters=model.num_parameters(),
+        context_length=model.config.block_size,
+        val_bpb=min(scores) if scores else None,
+        val_bpb_during_fit=min(scores) if scores else None,
+        steps=ckpt.get("global_step"),
+        tokens_seen=ckpt.get("tokens_seen"),
+        data=hparams.get("data"),
+        checkpoint=str(path),
+        training_config=hparams.get("config"),
+    )
+    return LoadedModel(model, tokenizer, card)

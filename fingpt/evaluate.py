@@ -1,6 +1,6 @@
 """Bits per byte of a trained model on any corpus the data stage reads.
 
-    python -m fingpt.evaluate model=lightning_logs/RUN/checkpoints/best-....ckpt \\
+    python -m fingpt.evaluate model=lightning_logs/RUN/checkpoints/best.ckpt \\
         data=local data.path=data/ectsum/validation.parquet
     fingpt-evaluate model=models/latest data=ectsum split=validation stride=64
 
@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from fingpt.checkpoint import load_model
 from fingpt.cli import user_errors
 from fingpt.config import CONF_DIR
+from fingpt.devices import dtype_of, resolve_device, resolve_dtype
 from fingpt.errors import DataError
 from fingpt.generation import continue_text
 from fingpt.model import GPT
@@ -77,10 +78,9 @@ def score(
 def evaluate(cfg: DictConfig) -> Score:
     from fingpt.data.corpus import Corpus
 
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     loaded = load_model(cfg.model_path, device=device)
-    if cfg.dtype:
-        to_dtype(loaded.model, cfg.dtype)
+    to_dtype(loaded.model, resolve_dtype(cfg.dtype, device, own=dtype_of(loaded.model)))
     texts = Corpus(cfg.data).texts(cfg.split)
     result = score(loaded.model, loaded.tokenizer, texts, cfg.stride, cfg.batch_size)
     unknown = getattr(loaded.tokenizer, "unknown", None)

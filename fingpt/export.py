@@ -20,19 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from fingpt.checkpoint import BUNDLE_FILES, load_model
+from fingpt.card import Card
+from fingpt.checkpoint import BUNDLE_FILES, LoadedModel, load_model
 from fingpt.cli import user_errors
+from fingpt.devices import FLOATS, resolve_dtype
 from fingpt.files import replace_folder, sha256
 from fingpt.hf import to_hf
+from fingpt.runs import Run
 from fingpt.tokenizer import EOT, BPETokenizer
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def portable(config: dict | None) -> dict | None:
@@ -49,15 +51,30 @@ def portable(config: dict | None) -> dict | None:
     return None if config is None else cut({k: v for k, v in config.items() if k != "paths"})
 
 
+def card_of(loaded: LoadedModel, name: str, dtype: str, files: dict[str, str]) -> Card:
+    """The card of an export named `name`: `loaded`'s, with the SHA-256 of each of its `files`."""
+    checkpoint = loaded.info.checkpoint
+    return replace(
+        loaded.info,
+        name=name,
+        parameters=loaded.model.num_parameters(),
+        dtype=dtype,
+        context_length=loaded.model.config.block_size,
+        checkpoint=Path(checkpoint).name if checkpoint else None,
+        training_config=portable(loaded.info.training_config),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        sha256=files,
+    )
+
+
 def export(source: str | Path, out: str | Path, dtype: str = "float32") -> Path:
     """Write the bundle of `source` (a .ckpt or a run folder) to `out`; replaces an old one."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    dtype = resolve_dtype(dtype, "cpu", "float32", choices=FLOATS)
     loaded = load_model(source)
     model, out = loaded.model, Path(out)
     # a tied LM head is the token embedding: store it once, the loader ties it again
     state = {
-        name: tensor.to(DTYPES[dtype]).contiguous()
+        name: tensor.to(getattr(torch, dtype)).contiguous()
         for name, tensor in model.state_dict().items()
         if not (model.config.tie_weights and name == "lm_head.weight")
     }
@@ -65,20 +82,8 @@ def export(source: str | Path, out: str | Path, dtype: str = "float32") -> Path:
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "dtype": dtype})
         (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
         (tmp / "tokenizer.json").write_text(loaded.tokenizer.to_json())
-        card = {
-            "name": out.name,
-            "parameters": model.num_parameters(),
-            "dtype": dtype,
-            "context_length": model.config.block_size,
-            **{k: v for k, v in loaded.info.items() if k not in ("hyper_parameters", "checkpoint")},
-            "checkpoint": Path(loaded.info["checkpoint"]).name if loaded.info.get("checkpoint") else None,
-            "training_config": portable(  # a checkpoint's, or the card's of a bundle re-exported
-                loaded.info.get("hyper_parameters", {}).get("config") or loaded.info.get("training_config")
-            ),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "sha256": {name: sha256(tmp / name) for name in BUNDLE_FILES if name != "card.json"},
-        }
-        (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str))
+        files = {name: sha256(tmp / name) for name in BUNDLE_FILES if name != "card.json"}
+        card_of(loaded, out.name, dtype, files).save(tmp / "card.json")
     return out
 
 
@@ -103,15 +108,8 @@ def export_hf(source: str | Path, out: str | Path) -> Path:
             "clean_up_tokenization_spaces": False,
         }
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-        card = {
-            "name": out.name,
-            "architecture": config["architectures"][0],
-            "parameters": model.num_parameters(),
-            **{k: v for k, v in loaded.info.items() if k != "hyper_parameters"},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "sha256": {f.name: sha256(f) for f in sorted(tmp.iterdir())},
-        }
-        (tmp / "fingpt_card.json").write_text(json.dumps(card, indent=2, default=str))
+        card = card_of(loaded, out.name, "float32", {f.name: sha256(f) for f in sorted(tmp.iterdir())})
+        card.save(tmp / "fingpt_card.json", architecture=config["architectures"][0])
     return out
 
 
@@ -128,11 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Export a fingpt checkpoint to a served bundle.")
     parser.add_argument("source", type=Path, help="a .ckpt file, or a run folder (its best checkpoint)")
     parser.add_argument("--out", type=Path, help="bundle folder (default: $FINGPT_MODELS_DIR/<run name>)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="the bundle's")
+    parser.add_argument("--dtype", default="float32", choices=FLOATS, help="the bundle's")
     parser.add_argument("--format", default="bundle", choices=["bundle", "hf"], help="hf: for transformers")
     parser.add_argument("--no-latest", action="store_true", help="leave models/latest as it is")
     args = parser.parse_args(argv)
-    run = args.source if args.source.is_dir() else args.source.parent.parent
+    run = Run.containing(args.source).folder  # a bundle's own folder too
     suffix = "-hf" if args.format == "hf" else ""
     out = args.out or Path(os.environ.get("FINGPT_MODELS_DIR", "models")) / f"{run.name}{suffix}"
     with user_errors():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-DTYPES = ("float32", "bfloat16", "float16", "int8")
+from fingpt.devices import check_dtype
 
 
 class Int8Linear(nn.Module):
@@ -72,9 +72,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def to_dtype(model: nn.Module, dtype: str) -> nn.Module:
-    """`model` in `dtype` (one of DTYPES), in place: int8 is weight-only (quantize_int8)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if dtype == "int8":
+    """`model` in `dtype` (one of fingpt.devices.DTYPES), in place: int8 is weight-only (quantize_int8)."""
+    if check_dtype(dtype) == "int8":
         return quantize_int8(model)
     return model.to(getattr(torch, dtype))

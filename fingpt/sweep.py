@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fingpt.export import point_latest
+from fingpt.runs import RESULT
 
 COLUMNS = (
     "rank",
@@ -31,7 +32,7 @@ STUDY_COLUMNS = ("trial", "state", "val_bpb", "overrides", "run")
 
 def summarize(sweep_dir: Path) -> list[dict]:
     """Collect every job's result.json under sweep_dir, write the summary files, return rows."""
-    rows = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/result.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{RESULT}"))]
     rows.sort(key=lambda r: r["val_bpb"])
     shared = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
     for rank, row in enumerate(rows, start=1):
@@ -89,7 +90,7 @@ def study_rows(storage: str, study_name: str, folder: Path) -> list[dict]:
     with the run folder of each trial whose result.json is in a sweep under `folder`."""
     import optuna
 
-    results = [json.loads(p.read_text()) for p in sorted(folder.glob("*/*/result.json"))]
+    results = [json.loads(p.read_text()) for p in sorted(folder.glob(f"*/*/{RESULT}"))]
     rows = []
     for trial in optuna.load_study(study_name=study_name, storage=storage).trials:
         params = [f"{k}={v}" for k, v in trial.params.items()]  # as the sweeper wrote the overrides

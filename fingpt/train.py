@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,6 +36,7 @@ from fingpt.data.prepare import prepare
 from fingpt.export import export, export_hf, point_latest
 from fingpt.hf import hf_family
 from fingpt.lit_module import GPTLitModule
+from fingpt.runs import BEST, Run, newest_last
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +46,12 @@ def resolve_checkpoint(ckpt_path: str | None, log_dir: Path, run_dir: Path) -> P
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        if (run_dir / "checkpoints" / "last.ckpt").is_file():  # run_name=NAME ckpt_path=last
-            return run_dir / "checkpoints" / "last.ckpt"
-        found = sorted(log_dir.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt under {log_dir}")
-        return found[-1]
+        if Run(run_dir).last.is_file():  # run_name=NAME ckpt_path=last
+            return Run(run_dir).last
+        return newest_last(log_dir)
     path = Path(ckpt_path)
     if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
+        path = Run(path).last
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: {path} does not exist")
     return path
@@ -120,7 +119,13 @@ def build(cfg: DictConfig) -> tuple[GPTLitModule, TranscriptDataModule]:
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The trainer, its checkpoints where fingpt.runs keeps them: the monitored one best.ckpt."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint):  # real path: as Lightning compares it on resume
+            callback.dirpath = os.path.realpath(Run(Path(cfg.paths.output_dir)).checkpoints)
+            if callback.monitor and callback.filename is None:
+                callback.filename = BEST
     if not cfg.trainer.enable_progress_bar:  # Lightning refuses a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
@@ -148,7 +153,8 @@ def log_final_score(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> None:
 
 
 def export_run(cfg: DictConfig, best: str, output_dir: Path) -> dict:
-    """Export the best checkpoint as export.format says: where the bundle (and HF folder) went."""
+    """Export the best checkpoint as export.format says: where the bundle (and HF folder) went.
+    After result.json is written: the card takes its val_bpb from there (fingpt.runs)."""
     if cfg.export.format == "none" or not best:
         return {}
     # a sweep's job folders are numbers: its bundles are <sweep>-<job>, and models/latest
@@ -173,7 +179,7 @@ def train(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True)
     resume = resolve_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), Path(cfg.paths.output_dir))
     if resume is not None:  # keep writing into the resumed run's folder: one curve, one run
-        cfg.paths.output_dir = str(resume.parent.parent)
+        cfg.paths.output_dir = str(Run.containing(resume).folder)
     output_dir = Path(cfg.paths.output_dir)
     choose_precision(cfg)
 
@@ -200,8 +206,10 @@ def train(cfg: DictConfig) -> float:
             "tokens_per_second": round(tokens_per_second),  # resumed: over-counts the earlier tokens
             "wall_seconds": round(time.time() - start, 1),
             "best_checkpoint": best,
-        } | export_run(cfg, best, output_dir)
-        (output_dir / "result.json").write_text(json.dumps(result, indent=2))
+        }
+        result_path = Run(output_dir).result_path
+        result_path.write_text(json.dumps(result, indent=2))  # before the export, which reads it
+        result_path.write_text(json.dumps(result | export_run(cfg, best, output_dir), indent=2))
         print(f"val/bpb {val_bpb:.4f} at step {trainer.global_step} ({best or 'final weights'})")
     return val_bpb
 

@@ -81,7 +81,7 @@ async def models(state: State) -> ModelList:
         created=int(os.path.getmtime(path)) if os.path.exists(path) else 0,
         context_length=state.loaded.model.config.block_size,
         max_tokens=state.settings.limits.max_tokens,
-        card={k: v for k, v in info.items() if k not in ("sha256", "training_config")},
+        card=info.to_dict(),  # less what ServedCard leaves out
     )
     return ModelList(data=[card])
 

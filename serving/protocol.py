@@ -5,8 +5,8 @@ The routes declare these models, so /openapi.json is built from the code that an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from dataclasses import MISSING, dataclass, fields
+from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import (
     BaseModel,
@@ -18,9 +18,11 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    create_model,
     field_validator,
 )
 
+from fingpt.card import Card
 from fingpt.generation import SamplingParams
 from serving.errors import APIError, ErrorResponse
 
@@ -234,6 +236,21 @@ class CompletionEvent(BaseModel):
 EVENT_STREAM = {"text/event-stream": {"itemSchema": {"$ref": "#/components/schemas/CompletionEvent"}}}
 
 
+def served(name: str, of: type, leave_out: tuple[str, ...]) -> type[BaseModel]:
+    """A pydantic model of the dataclass `of`'s fields, less `leave_out`: /openapi.json lists them."""
+    hints = get_type_hints(of)
+
+    def default(f):
+        return Field(default_factory=f.default_factory) if f.default is MISSING else f.default
+
+    kept = {f.name: (hints[f.name], default(f)) for f in fields(of) if f.name not in leave_out}
+    return create_model(name, __doc__=of.__doc__, **kept)
+
+
+# the bundle's card.json (fingpt.card.Card), less its checksums and training config
+ServedCard = served("ServedCard", Card, leave_out=("sha256", "training_config"))
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -241,7 +258,7 @@ class ModelCard(BaseModel):
     owned_by: str = "fingpt"
     context_length: int
     max_tokens: int  # the server's cap per request
-    card: dict[str, Any]  # the bundle's card.json, less its checksums and training config
+    card: ServedCard
 
 
 class ModelList(BaseModel):

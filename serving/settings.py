@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fingpt.quantize import DTYPES
+from fingpt.devices import DTYPES
 from serving.protocol import Limits
 
 

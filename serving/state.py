@@ -10,9 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from fingpt.checkpoint import LoadedModel, load_model
+from fingpt.devices import dtype_of, resolve_device, resolve_dtype
 from fingpt.quantize import to_dtype
 from serving.completions import Completions
 from serving.engine import Engine
@@ -43,20 +42,16 @@ class ServerState:
         """Load the model (unless given), move it to its device and dtype, start the engine."""
         settings = self.settings
         try:
-            device = settings.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = resolve_device(settings.device)
             model = loaded or load_model(settings.model, device=device)
-            dtype = settings.dtype
-            if dtype == "auto":
-                dtype = "bfloat16" if device.startswith("cuda") else str(model.model.wte.weight.dtype)[6:]
+            dtype = resolve_dtype(settings.dtype, device, own=dtype_of(model.model))
             to_dtype(model.model.to(device), dtype)  # int8: weight-only, on a CPU
             engine = Engine(model, settings.max_batch_size, settings.max_queue, self.metrics)
             engine.start()
         except Exception as e:  # noqa: BLE001 - /health and every request say why
             self.error = str(e)
             return on_failure(e)
-        self.model_id = (model.info or {}).get("name") or Path(settings.model).resolve().name
+        self.model_id = model.info.name or Path(settings.model).resolve().name
         self.loaded, self.engine = model, engine
         self.completions = Completions(model, engine, self.model_id, settings.timeout, self.metrics)  # ready
         log.info("serving %s on %s", settings.model, device)

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from fingpt import export as export_module
+from fingpt.card import Card
 from fingpt.checkpoint import load_model
 from fingpt.export import export, main
 from fingpt.files import sha256
@@ -28,7 +29,7 @@ def test_training_exported_its_best_checkpoint_and_pointed_latest_at_it(trained_
     assert card["data"]["name"] == "cc_by_sa" and len(card["data"]["fingerprint"]) == 16
     assert card["training_config"]["model"]["n_embd"] == 96
     # names and fingerprints, nothing of the filesystem that trained it
-    assert card["checkpoint"].startswith("best-step") and "paths" not in card["training_config"]
+    assert card["checkpoint"] == "best.ckpt" and "paths" not in card["training_config"]
     assert card["training_config"]["data"]["sources"]["maec"]["path"] == "calls.parquet"
     assert str(trained_run.parent) not in (models / "latest" / "card.json").read_text()
 
@@ -44,7 +45,7 @@ def test_a_bundle_gives_the_checkpoints_logits(trained_run, bundle):
     assert not any(n.startswith(("model.", "_orig_mod.")) for n in names)
 
 
-def test_the_demos_recipe_trains_compiled_and_exports_a_bundle_with_plain_names(tmp_path, cache_dir):
+def test_the_demos_recipe_trains_compiled_and_exports_a_bundle_with_plain_names(tmp_path, cache_dir, capsys):
     """What make demo trains (experiment=cpu_demo: torch.compile, bf16-mixed, Muon, WSD), for 4 steps."""
     demo = ["experiment=cpu_demo", "model=modern_tiny", "data=cc_by_sa", "trainer.max_time=null"]
     steps = ["trainer.max_steps=4", "trainer.val_check_interval=2", "data.loader.val_windows=8"]
@@ -55,15 +56,17 @@ def test_the_demos_recipe_trains_compiled_and_exports_a_bundle_with_plain_names(
         "fingpt.optim.WarmupStableDecay",
     )
     train(cfg)
-    bundle = Path(json.loads((Path(cfg.paths.output_dir) / "result.json").read_text())["bundle"])
+    result = json.loads((Path(cfg.paths.output_dir) / "result.json").read_text())
+    bundle = Path(result["bundle"])
     names = set(load_file(bundle / "model.safetensors"))
     assert "wte.weight" in names and not any(n.startswith(("model.", "_orig_mod.")) for n in names)
     from_checkpoint, from_bundle = load_model(cfg.paths.output_dir), load_model(bundle)
-    assert from_bundle.info["steps"] == 4 and from_bundle.model.config.pos_emb == "rope"
+    assert from_bundle.info.steps == 4 and from_bundle.model.config.pos_emb == "rope"
+    # the card's val_bpb is the one train printed and wrote: the best checkpoint on all of validation
+    assert from_bundle.info.val_bpb == result["val_bpb"] != from_bundle.info.val_bpb_during_fit  # 8 windows
+    assert f"val/bpb {from_bundle.info.val_bpb:.4f} at step 4" in capsys.readouterr().out
     native = native_bfloat16("cpu")  # bf16-mixed where this CPU has bfloat16, else float32
-    assert from_bundle.info["training_config"]["trainer"]["precision"] == (
-        "bf16-mixed" if native else "32-true"
-    )
+    assert from_bundle.info.training_config["trainer"]["precision"] == ("bf16-mixed" if native else "32-true")
     idx = torch.randint(0, from_bundle.model.config.vocab_size, (2, 16))
     with torch.no_grad():
         assert torch.equal(from_checkpoint.model(idx)[0], from_bundle.model(idx)[0])
@@ -126,14 +129,34 @@ def test_export_never_replaces_a_folder_that_is_not_a_bundle(trained_run, tmp_pa
     export(trained_run, tmp_path / "bundle")  # an old bundle is replaced
 
 
-def test_a_run_folder_means_its_best_scored_checkpoint(tmp_path):
-    from fingpt.checkpoint import run_checkpoint
+def test_the_card_takes_the_runs_final_figure_on_all_of_validation(trained_run, bundle):
+    """train prints and writes to result.json the best checkpoint's val/bpb on every validation
+    window; the card says the same, not the score on fit's sampled windows."""
+    result = json.loads((trained_run / "result.json").read_text())
+    card = Card.load(bundle / "card.json")
+    best = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)
+    during_fit = [s["best_model_score"] for s in best["callbacks"].values() if "best_model_score" in s]
+    assert card.val_bpb == result["val_bpb"] == load_model(trained_run).info.val_bpb
+    assert card.val_bpb_during_fit == pytest.approx(float(during_fit[0]))
+    assert card.checkpoint == "best.ckpt" and Path(result["best_checkpoint"]).name == "best.ckpt"
 
-    (tmp_path / "checkpoints").mkdir()
-    best = ("best-step9-bpb5.5050.ckpt", "best-step15-bpb5.3673.ckpt", "best-step12-bpb5.4254.ckpt")
-    for name in ("last.ckpt", *best):
-        (tmp_path / "checkpoints" / name).touch()  # a resumed run can keep several best-*
-    assert run_checkpoint(tmp_path).name == "best-step15-bpb5.3673.ckpt"
+
+def test_a_checkpoint_takes_result_json_only_when_that_scored_it(trained_run, tmp_path):
+    """A .ckpt alone, or one that result.json does not name or predates, keeps the score of fit."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    best = run / "checkpoints" / "best.ckpt"
+    best.write_bytes((trained_run / "checkpoints" / "best.ckpt").read_bytes())
+    during_fit = load_model(best).info.val_bpb_during_fit
+    assert during_fit > 0 and load_model(best).info.val_bpb == during_fit  # no result.json yet
+    result = {"val_bpb": 1.2345, "best_checkpoint": "/elsewhere/checkpoints/best.ckpt"}
+    (run / "result.json").write_text(json.dumps(result))
+    assert load_model(run).info.val_bpb == load_model(best).info.val_bpb == 1.2345
+    (run / "result.json").write_text(json.dumps(result | {"best_checkpoint": ""}))  # the final weights
+    assert load_model(run).info.val_bpb == during_fit
+    (run / "result.json").write_text(json.dumps(result))
+    os.utime(run / "result.json", (best.stat().st_mtime - 60,) * 2)  # a resumed run wrote best.ckpt since
+    assert load_model(run).info.val_bpb == during_fit
 
 
 def test_loading_a_bundle_imports_neither_lightning_nor_hydra(bundle):

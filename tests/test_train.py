@@ -222,15 +222,15 @@ def test_a_short_run_validates_at_its_end_and_logs_everything(trained_run):
     events.Reload()
     assert "sample/text_summary" in events.Tags()["tensors"]
     checkpoints = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
-    assert checkpoints[0].startswith("best-step") and "last.ckpt" in checkpoints
+    assert checkpoints == ["best.ckpt", "last.ckpt"]  # fingpt.runs: each overwritten in place
 
 
 def test_a_checkpoint_alone_rebuilds_the_model_and_its_tokenizer(trained_run):
     loaded = load_model(trained_run)
-    state = torch.load(sorted((trained_run / "checkpoints").glob("best-*.ckpt"))[0], weights_only=True)
+    state = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)
     assert torch.equal(loaded.model.wte.weight, state["state_dict"]["model.wte.weight"])
     assert loaded.tokenizer.decode(loaded.tokenizer.encode("EPS of $0.98")) == "EPS of $0.98"
-    assert loaded.info["steps"] == 12 and loaded.info["val_bpb"] > 0
+    assert loaded.info.steps == 12 and loaded.info.val_bpb > 0
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
@@ -268,6 +268,9 @@ def test_a_killed_run_resumes_at_the_same_step_with_the_same_batches(optimizer, 
         assert r["loss"] == pytest.approx(whole[r["step"]]["loss"], abs=1e-4)
     logged = scalars(tmp_path / "killed")
     assert max(step for step, _ in logged["val/bpb"]) == 16  # one run folder, one continued curve
+    # the resumed run overwrote its best.ckpt and last.ckpt: no best-v1.ckpt beside them
+    checkpoints = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert checkpoints == ["best.ckpt", "last.ckpt"]
     assert resumed[-1]["loss"] < whole[0]["loss"] - 0.5
 
 

@@ -19,6 +19,7 @@ import streamlit as st
 ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # `streamlit run ui/app.py` puts only ui/ on the path
     sys.path.insert(0, ROOT)
+from fingpt.card import Card  # noqa: E402
 from ui import score  # noqa: E402
 from ui.client import DEFAULT_URL, Client, ServerError  # noqa: E402
 
@@ -125,24 +126,29 @@ def server_status(client: Client) -> dict | None:
     return model
 
 
+def card_of(model: dict) -> Card:
+    """The served model's card (an old server's may lack fields: they take their defaults)."""
+    return Card.from_dict(model.get("card") or {})
+
+
 def model_card(model: dict) -> None:
-    card = model.get("card") or {}
+    card = card_of(model)
     st.subheader("Model")
     lines = [f"**`{model['id']}`**"]
-    if card.get("parameters"):
-        lines.append(f"- {card['parameters']:,} parameters ({card['parameters'] / 1e6:.1f}M)")
+    if card.parameters:
+        lines.append(f"- {card.parameters:,} parameters ({card.parameters / 1e6:.1f}M)")
     lines.append(f"- context: {model['context_length']:,} tokens")
-    if card.get("val_bpb") is not None:
-        lines.append(f"- validation: {card['val_bpb']:.3f} bits per byte")
-    if card.get("steps") is not None:
-        lines.append(f"- trained: {card['steps']:,} steps, {card.get('tokens_seen', 0):,} tokens seen")
-    data = card.get("data") or {}
+    if card.val_bpb is not None:
+        lines.append(f"- validation: {card.val_bpb:.3f} bits per byte")
+    if card.steps is not None:
+        lines.append(f"- trained: {card.steps:,} steps, {card.tokens_seen or 0:,} tokens seen")
+    data = card.data or {}
     if data:
         lines.append(f"- data: `{data.get('name')}`")
         for split, sizes in (data.get("splits") or {}).items():
             lines.append(f"    - {split}: {sizes.get('calls', 0):,} calls, {sizes.get('tokens', 0):,} tokens")
-    if card.get("dtype"):
-        lines.append(f"- weights: {card['dtype']}, exported {card.get('created', '?')}")
+    if card.dtype:
+        lines.append(f"- weights: {card.dtype}, exported {card.created or '?'}")
     lines.append(f"- server cap: {model['max_tokens']:,} tokens per request")
     st.markdown("\n".join(lines))
 
@@ -310,7 +316,7 @@ def score_call(client: Client, model: dict | None) -> None:
         show(e)
         return
     bpb = score.bits_per_byte(scored, text)
-    validated = (model.get("card") or {}).get("val_bpb")
+    validated = card_of(model).val_bpb
     st.metric(
         "Bits per byte", f"{bpb:.3f}", None if validated is None else f"{bpb - validated:+.3f}", "inverse"
     )

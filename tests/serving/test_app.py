@@ -27,6 +27,15 @@ def test_health_and_models(client, bundle):
     assert model["card"]["val_bpb"] == card["val_bpb"] and model["card"]["parameters"] == card["parameters"]
 
 
+def test_the_served_card_is_the_bundles_less_its_checksums_and_training_config(client, bundle):
+    (model,) = client.get("/v1/models").json()["data"]
+    card = json.loads((bundle / "card.json").read_text())
+    assert model["card"] == {k: v for k, v in card.items() if k not in ("sha256", "training_config")}
+    assert model["card"]["val_bpb"] > 0 and model["card"]["steps"] == 12
+    documented = client.get("/openapi.json").json()["components"]["schemas"]["ServedCard"]["properties"]
+    assert set(documented) == set(model["card"])  # /openapi.json lists every field of the card
+
+
 def test_a_completion_has_the_openai_shape(client):
     response = complete(client, seed=1)
     assert response.status_code == 200
@@ -341,6 +350,23 @@ def test_a_model_that_could_not_load_is_never_said_to_be_loading(corrupt_bundle)
                 "code": "model_not_loaded",
             }
         assert c.get("/v1/models").json()["error"]["code"] == "model_not_loaded"
+
+
+def test_a_device_this_machine_lacks_is_the_reason_the_model_did_not_load(bundle):
+    import torch
+    from fastapi.testclient import TestClient
+
+    from serving.app import Settings, create_app
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    reason = "device cuda is not available here (torch sees no CUDA GPU): use device=cpu"
+    with TestClient(create_app(Settings(model=str(bundle), device="cuda"), on_load_failure=print)) as c:
+        for _ in range(600):
+            if (health := c.get("/health")).json()["status"] != "loading":
+                break
+            time.sleep(0.05)
+        assert health.status_code == 503 and health.json() == {"status": "error", "error": reason}
 
 
 def test_fingpt_serve_ends_in_one_line_when_its_model_cannot_load(corrupt_bundle):
