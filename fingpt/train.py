@@ -2,7 +2,7 @@
 
     python train.py                                   # model=tiny on data=cc_by_sa, CPU
     python train.py model=small trainer=gpu precision=bf16-mixed
-    python train.py experiment=seed_char              # the original model and hyperparameters
+    python train.py experiment=seed_char              # Karpathy's char-level lecture model, as trained
     python train.py -m model.dropout=0.0,0.1,0.2      # a sweep: lightning_logs/multirun/...
     python train.py run_name=NAME ckpt_path=last      # resume a killed run
 

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import httpx
 import pyarrow as pa
@@ -15,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fingpt.errors import DataError
-from fingpt.evaluate import evaluate
+from fingpt.evaluate import evaluate, score
 from fingpt.export import export_hf
 from serving.app import Settings, create_app
 from serving.testing import BackgroundServer
@@ -97,7 +96,7 @@ def test_the_task_without_a_file_of_calls_says_how_to_give_one(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
-def test_the_task_scores_the_very_calls_fingpt_evaluate_scores(suffix, tmp_path, monkeypatch):
+def test_the_task_scores_the_very_calls_fingpt_evaluate_scores(suffix, bundle, tmp_path, monkeypatch):
     texts = ["Operator: Hello.", "EPS $1.02.", "", "Operator: Hello.", "  \n", "Revenue rose 4%."]
     path = tmp_path / f"calls{suffix}"
     if suffix == ".parquet":
@@ -105,10 +104,14 @@ def test_the_task_scores_the_very_calls_fingpt_evaluate_scores(suffix, tmp_path,
     else:
         path.write_text("".join(json.dumps({"content": text}) + "\n" for text in texts))
     scored = []  # what fingpt-evaluate hands to its scorer, read by its own config
-    monkeypatch.setattr(
-        "fingpt.evaluate.load_model", lambda *args, **kwargs: SimpleNamespace(model=None, tokenizer=None)
-    )
-    monkeypatch.setattr("fingpt.evaluate.score", lambda model, tokenizer, texts, *args: scored.extend(texts))
-    evaluate(compose("evaluate", ["model_path=x.ckpt", f"data.path={path}"]))
+
+    def recording_score(model, tokenizer, texts, *args):
+        texts = list(texts)
+        scored.extend(texts)
+        return score(model, tokenizer, texts, *args)
+
+    monkeypatch.setattr("fingpt.evaluate.score", recording_score)
+    result = evaluate(compose("evaluate", [f"model_path={bundle}", f"data.path={path}"]))
+    assert result.calls == 3
     assert calls_module().load(path=str(path))["test"]["text"] == scored
     assert scored == ["Operator: Hello.", "EPS $1.02.", "Revenue rose 4%."]  # no duplicate, no empty call

@@ -112,7 +112,7 @@ def test_seed_char_composes_to_the_original_hyperparameters():
     assert cfg.tokenizer._target_.endswith("CharTokenizer.train") and cfg.data.name == "sp500_sample"
     assert (cfg.data.loader.batch_size, cfg.trainer.max_steps, cfg.optimizer.lr) == (32, 5000, 3e-4)
     assert cfg.scheduler.warmup_steps == 0 and cfg.scheduler.min_lr_ratio == 1.0  # constant
-    model = GPT(instantiate(cfg.model, vocab_size=94))  # the original's 94 characters
+    model = GPT(instantiate(cfg.model, vocab_size=94))  # v2.py's 94 characters
     assert model.num_parameters() == 10_715_998
     assert (model.config.block_size, model.config.dropout, model.config.mlp) == (
         8,
