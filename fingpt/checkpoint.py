@@ -27,7 +27,7 @@ BUNDLE_FILES = ("model.safetensors", "config.json", "tokenizer.json", "card.json
 class LoadedModel:
     model: GPT
     tokenizer: Tokenizer
-    info: Card = field(default_factory=Card)
+    card: Card = field(default_factory=Card)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -43,7 +43,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         loaded = load_checkpoint(path)
         final = Run.containing(path).final_val_bpb(path)
         if final is not None:  # result.json's: the whole validation split, not fit's sample
-            loaded.info.val_bpb = final
+            loaded.card.val_bpb = final
     loaded.model.to(device).eval()
     return loaded
 

@@ -53,17 +53,17 @@ def score(
     stride: int | None = None,
     batch_size: int = 32,
 ) -> Score:
-    block = model.config.block_size
-    stride = block // 2 if stride is None else stride
-    if not isinstance(stride, int) or not 0 < stride <= block:
-        raise ValueError(f"stride must be in [1, block_size={block}], got {stride}")
+    block_size = model.config.block_size
+    stride = block_size // 2 if stride is None else stride
+    if not isinstance(stride, int) or not 0 < stride <= block_size:
+        raise ValueError(f"stride must be in [1, block_size={block_size}], got {stride}")
     counted = {"calls": 0, "bytes": 0}
 
     def every_window() -> Iterator[tuple[list[int], list[int]]]:
         for text in texts:
             counted["calls"] += 1
             counted["bytes"] += len(text.encode("utf-8"))
-            yield from windows([tokenizer.eot_id, *tokenizer.encode(text)], block, stride)
+            yield from windows([tokenizer.eot_id, *tokenizer.encode(text)], block_size, stride)
 
     nll, tokens = 0.0, 0
     for logprobs, new in window_logprobs(model, every_window(), batch_size):

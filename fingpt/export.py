@@ -53,15 +53,15 @@ def portable(config: dict | None) -> dict | None:
 
 def card_of(loaded: LoadedModel, name: str, dtype: str, files: dict[str, str]) -> Card:
     """The card of an export named `name`: `loaded`'s, with the SHA-256 of each of its `files`."""
-    checkpoint = loaded.info.checkpoint
+    checkpoint = loaded.card.checkpoint
     return replace(
-        loaded.info,
+        loaded.card,
         name=name,
         parameters=loaded.model.num_parameters(),
         dtype=dtype,
         context_length=loaded.model.config.block_size,
         checkpoint=Path(checkpoint).name if checkpoint else None,
-        training_config=portable(loaded.info.training_config),
+        training_config=portable(loaded.card.training_config),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         sha256=files,
     )

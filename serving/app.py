@@ -75,15 +75,15 @@ async def metrics(state: State) -> PlainTextResponse:
 @api.get("/v1/models", responses=errors(503))
 async def models(state: State) -> ModelList:
     state.ready()
-    path, info = state.settings.model, state.loaded.info
-    card = ModelCard(
+    path = state.settings.model
+    served = ModelCard(
         id=state.model_id,
         created=int(os.path.getmtime(path)) if os.path.exists(path) else 0,
         context_length=state.loaded.model.config.block_size,
         max_tokens=state.settings.limits.max_tokens,
-        card=info.to_dict(),  # less what ServedCard leaves out
+        card=state.loaded.card.to_dict(),  # less what ServedCard leaves out
     )
-    return ModelList(data=[card])
+    return ModelList(data=[served])
 
 
 @api.post(

@@ -51,7 +51,7 @@ class ServerState:
         except Exception as e:  # noqa: BLE001 - /health and every request say why
             self.error = str(e)
             return on_failure(e)
-        self.model_id = model.info.name or Path(settings.model).resolve().name
+        self.model_id = model.card.name or Path(settings.model).resolve().name
         self.loaded, self.engine = model, engine
         self.completions = Completions(model, engine, self.model_id, settings.timeout, self.metrics)  # ready
         log.info("serving %s on %s", settings.model, device)

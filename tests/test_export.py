@@ -61,12 +61,12 @@ def test_the_demos_recipe_trains_compiled_and_exports_a_bundle_with_plain_names(
     names = set(load_file(bundle / "model.safetensors"))
     assert "wte.weight" in names and not any(n.startswith(("model.", "_orig_mod.")) for n in names)
     from_checkpoint, from_bundle = load_model(cfg.paths.output_dir), load_model(bundle)
-    assert from_bundle.info.steps == 4 and from_bundle.model.config.pos_emb == "rope"
+    assert from_bundle.card.steps == 4 and from_bundle.model.config.pos_emb == "rope"
     # the card's val_bpb is the one train printed and wrote: the best checkpoint on all of validation
-    assert from_bundle.info.val_bpb == result["val_bpb"] != from_bundle.info.val_bpb_during_fit  # 8 windows
-    assert f"val/bpb {from_bundle.info.val_bpb:.4f} at step 4" in capsys.readouterr().out
+    assert from_bundle.card.val_bpb == result["val_bpb"] != from_bundle.card.val_bpb_during_fit  # 8 windows
+    assert f"val/bpb {from_bundle.card.val_bpb:.4f} at step 4" in capsys.readouterr().out
     native = native_bfloat16("cpu")  # bf16-mixed where this CPU has bfloat16, else float32
-    assert from_bundle.info.training_config["trainer"]["precision"] == ("bf16-mixed" if native else "32-true")
+    assert from_bundle.card.training_config["trainer"]["precision"] == ("bf16-mixed" if native else "32-true")
     idx = torch.randint(0, from_bundle.model.config.vocab_size, (2, 16))
     with torch.no_grad():
         assert torch.equal(from_checkpoint.model(idx)[0], from_bundle.model(idx)[0])
@@ -136,7 +136,7 @@ def test_the_card_takes_the_runs_final_figure_on_all_of_validation(trained_run, 
     card = Card.load(bundle / "card.json")
     best = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)
     during_fit = [s["best_model_score"] for s in best["callbacks"].values() if "best_model_score" in s]
-    assert card.val_bpb == result["val_bpb"] == load_model(trained_run).info.val_bpb
+    assert card.val_bpb == result["val_bpb"] == load_model(trained_run).card.val_bpb
     assert card.val_bpb_during_fit == pytest.approx(float(during_fit[0]))
     assert card.checkpoint == "best.ckpt" and Path(result["best_checkpoint"]).name == "best.ckpt"
 
@@ -147,16 +147,16 @@ def test_a_checkpoint_takes_result_json_only_when_that_scored_it(trained_run, tm
     (run / "checkpoints").mkdir(parents=True)
     best = run / "checkpoints" / "best.ckpt"
     best.write_bytes((trained_run / "checkpoints" / "best.ckpt").read_bytes())
-    during_fit = load_model(best).info.val_bpb_during_fit
-    assert during_fit > 0 and load_model(best).info.val_bpb == during_fit  # no result.json yet
+    during_fit = load_model(best).card.val_bpb_during_fit
+    assert during_fit > 0 and load_model(best).card.val_bpb == during_fit  # no result.json yet
     result = {"val_bpb": 1.2345, "best_checkpoint": "/elsewhere/checkpoints/best.ckpt"}
     (run / "result.json").write_text(json.dumps(result))
-    assert load_model(run).info.val_bpb == load_model(best).info.val_bpb == 1.2345
+    assert load_model(run).card.val_bpb == load_model(best).card.val_bpb == 1.2345
     (run / "result.json").write_text(json.dumps(result | {"best_checkpoint": ""}))  # the final weights
-    assert load_model(run).info.val_bpb == during_fit
+    assert load_model(run).card.val_bpb == during_fit
     (run / "result.json").write_text(json.dumps(result))
     os.utime(run / "result.json", (best.stat().st_mtime - 60,) * 2)  # a resumed run wrote best.ckpt since
-    assert load_model(run).info.val_bpb == during_fit
+    assert load_model(run).card.val_bpb == during_fit
 
 
 def test_loading_a_bundle_imports_neither_lightning_nor_hydra(bundle):

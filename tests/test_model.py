@@ -1,3 +1,4 @@
+import functools
 import math
 from pathlib import Path
 
@@ -10,9 +11,10 @@ from omegaconf import OmegaConf
 import fingpt.loss
 import fingpt.model
 from fingpt.model import GPT, GPTConfig, apply_rotary, rotary
+from tests.conftest import compose
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = sorted(p.stem for p in (ROOT / "conf/model").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (ROOT / "conf/model").glob("*.yaml"))  # not layout/
 TEST_SIZE = dict(vocab_size=64, block_size=32, n_embd=32, n_head=4, n_layer=2, dropout=0.0)
 
 
@@ -21,9 +23,15 @@ def tiny(**overrides) -> GPT:
     return GPT(GPTConfig(**(TEST_SIZE | overrides))).eval()
 
 
+@functools.cache
+def preset_config(name: str) -> dict:
+    """conf/model/NAME as training composes it (its layout included)."""
+    return OmegaConf.to_container(compose("train", [f"model={name}"]).model)
+
+
 def preset(name: str, **overrides) -> GPT:
     """A conf/model preset's layout (positions, norms, MLP, ...) at the test size."""
-    layout = OmegaConf.to_container(OmegaConf.load(ROOT / f"conf/model/{name}.yaml"))
+    layout = preset_config(name)
     layout = {
         k: v for k, v in layout.items() if k not in {"_target_", "block_size", "n_embd", "n_head", "n_layer"}
     }
@@ -114,14 +122,14 @@ def test_tied_head_shares_the_embedding_and_is_counted_once():
         ("modern_small", 13_768_320),
     ],
 )
-def test_named_sizes_count_what_the_readme_says(size, count):
-    config = instantiate(OmegaConf.load(ROOT / f"conf/model/{size}.yaml"), vocab_size=8192)
+def test_named_sizes_count_what_the_docs_say(size, count):
+    config = instantiate(preset_config(size), vocab_size=8192)
     assert GPT(config).num_parameters() == count
-    assert f"{count:,}" in (ROOT / "README.md").read_text()
+    assert f"{count:,}" in (ROOT / "docs" / "training.md").read_text()
 
 
 def test_gpt2_size_with_gpt2_vocabulary_counts_124m():
-    config = instantiate(OmegaConf.load(ROOT / "conf/model/gpt2.yaml"), vocab_size=50257)
+    config = instantiate(preset_config("gpt2"), vocab_size=50257)
     assert GPT(config).num_parameters() == 124_439_808  # GPT-2 small's count
 
 

@@ -230,7 +230,7 @@ def test_a_checkpoint_alone_rebuilds_the_model_and_its_tokenizer(trained_run):
     state = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)
     assert torch.equal(loaded.model.wte.weight, state["state_dict"]["model.wte.weight"])
     assert loaded.tokenizer.decode(loaded.tokenizer.encode("EPS of $0.98")) == "EPS of $0.98"
-    assert loaded.info.steps == 12 and loaded.info.val_bpb > 0
+    assert loaded.card.steps == 12 and loaded.card.val_bpb > 0
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
