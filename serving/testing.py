@@ -30,7 +30,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_health(get: Callable[[str], httpx.Response], until: Wish = "ok", timeout: float = 60):
+def wait_for_health(
+    get: Callable[[str], httpx.Response], until: Wish = "ok", timeout: float = 60
+) -> httpx.Response:
     """GET /health with `get` (a TestClient's, or BackgroundServer.get) until its status is `until`
     (one of them, for a tuple): its last answer. A server not listening yet is waited for too."""
     wanted = (until,) if isinstance(until, str) else until
@@ -90,7 +92,9 @@ def bundle_app(model: str | Path, loaded: LoadedModel | None = None, **settings)
     return create_app(Settings(model=str(model), **{"device": "cpu", **settings}), loaded)
 
 
-def serve(model: str | Path, wait: Wish = "ok", loaded: LoadedModel | None = None, **settings):
+def serve(
+    model: str | Path, wait: Wish = "ok", loaded: LoadedModel | None = None, **settings
+) -> BackgroundServer:
     """`with serve(bundle, api_key=...) as server:` the app on a bundle, live (a BackgroundServer)."""
     return BackgroundServer(bundle_app(model, loaded, **settings), wait)
 
