@@ -24,8 +24,7 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from fingpt.checkpoint import load_model
-    from serving.app import Settings, create_app
-    from serving.testing import BackgroundServer
+    from serving.testing import serve
     from ui.client import Client
     from ui.score import bits_per_byte, scores_csv, sentences, shaded_html, tokens
 
@@ -46,7 +45,7 @@ def main() -> None:
     n_tokens = len(loaded.tokenizer.encode(text))
     context = loaded.model.config.block_size
     print(f"{args.model}: context {context}; the call: {n_tokens:,} tokens, {len(text.encode()):,} bytes")
-    with BackgroundServer(create_app(Settings(model=args.model, device="cpu"))) as server:
+    with serve(args.model) as server:
         client, times = Client(server.url), []
         for _ in range(args.repeats):
             start = time.perf_counter()

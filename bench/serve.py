@@ -143,14 +143,11 @@ def concurrency(
     model: GPT, tokenizer, streams: int, requests: int, tokens: int
 ) -> tuple[float, float, float]:
     """Aggregate tokens/s, p50 and p99 latency of `requests` requests, `streams` at a time."""
-    from serving.app import Settings, create_app
-    from serving.testing import BackgroundServer
+    from serving.testing import serve
 
     loaded = LoadedModel(model, tokenizer, Card(name="bench"))
     body = {"prompt": PROMPT, "max_tokens": tokens, "temperature": 0.8, "ignore_eos": True}
-    with BackgroundServer(
-        create_app(Settings(model="bench", device="cpu", max_batch_size=16), loaded)
-    ) as server:
+    with serve("bench", loaded=loaded, max_batch_size=16) as server:
 
         async def run():
             latencies, generated = [], 0

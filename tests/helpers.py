@@ -1,64 +1,81 @@
-"""Callbacks that tests add to real training runs from the command line (+callbacks.x=...)."""
+"""What tests import: the checkout's folders, its real config, the training command line, file modes."""
 
-import json
 import os
-import signal
-import socket
+import subprocess
+import sys
 from pathlib import Path
 
-from lightning.pytorch.callbacks import Callback
+ROOT = Path(__file__).resolve().parents[1]
+# Real calls committed with the tests (MAEC and Earnings-21/22, CC BY-SA 4.0; corpus/NOTICE.md),
+# laid out as a data folder: what every test reads.
+DATA_DIR = ROOT / "tests" / "corpus"
+# The full corpora (make data; the Makefile points FINGPT_DATA_DIR at them): read only by the
+# tests marked @pytest.mark.corpora(NAME, ...), skipped where those corpora are not there.
+CORPORA_DIR = Path(os.environ.get("FINGPT_DATA_DIR", ROOT / "data"))
+KEY = "s3same"  # the API key of the page tests' keyed server
 
 
-class BatchRecorder(Callback):
-    """Writes one JSON line per training step: rank, step, a fingerprint of the batch, loss, lr."""
+def compose(config_name: str, overrides: list[str]):
+    """The project's real Hydra config as the command line composes it, on the sample (a later
+    paths.data_dir= in `overrides` wins)."""
+    from fingpt.config import compose as compose_config
 
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        x = batch[0]
-        row = {
-            "rank": trainer.global_rank,
-            "step": trainer.global_step - 1,  # the step this batch trained
-            "batch": x[:, :8].tolist(),
-            "loss": float(outputs["loss"]),
-            "lr": trainer.optimizers[0].param_groups[0]["lr"],
-        }
-        with self.path.with_suffix(f".rank{trainer.global_rank}.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
+    return compose_config(config_name, [f"paths.data_dir={DATA_DIR}", *overrides])
 
 
-class KillAt(Callback):
-    """SIGKILLs its own process after `step` optimizer steps: no cleanup, as a crash would."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-class ValidationCounter(Callback):
-    """Appends the number of windows each validation scored to a file, one line each."""
-
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
-        self.windows = 0
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self.windows += batch[0].shape[0]
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
-            with self.path.open("a") as f:
-                f.write(f"{self.windows}\n")
-        self.windows = 0
+FAST = [  # a tiny, quick run: the settings every training test starts from
+    "model=tiny",
+    "model.block_size=32",
+    "data.loader.batch_size=8",
+    "data.loader.val_batch_size=32",
+    "trainer.limit_val_batches=4",
+    "trainer.num_sanity_val_steps=0",
+    "~callbacks.progress_bar",
+    "trainer.log_every_n_steps=1",
+    "sample.tokens=8",
+    "scheduler.warmup_steps=2",
+]
 
 
-def read_records(path: Path, rank: int = 0) -> list[dict]:
-    file = path.with_suffix(f".rank{rank}.jsonl")
-    return [json.loads(line) for line in file.read_text().splitlines()]
+def train_config(tmp_path, cache_dir, overrides: list[str]):
+    cfg = compose(
+        "train",
+        [
+            f"paths.cache_dir={cache_dir}",
+            f"paths.log_dir={tmp_path}",
+            f"paths.models_dir={tmp_path}/models",
+            f"+paths.run_dir={tmp_path}/run",
+            *FAST,
+            *overrides,
+        ],
+    )
+    cfg.paths.output_dir = cfg.paths.run_dir
+    return cfg
+
+
+def cli(args: list[str], tmp_path, cache_dir) -> tuple[list[str], dict]:
+    """The command and environment of `python train.py ARGS` with the fast settings and a private
+    log dir, to run in ROOT."""
+    env = {**os.environ, "FINGPT_DATA_DIR": str(DATA_DIR), "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "train.py",
+        *args,
+        *FAST,
+        f"paths.cache_dir={cache_dir}",
+        f"paths.log_dir={tmp_path}",
+    ]
+    return cmd, env
+
+
+def run_cli(args: list[str], tmp_path, cache_dir, check: bool = True, timeout: int = 300):
+    """`python train.py ARGS` in a fresh process, with the fast settings and a private log dir."""
+    cmd, env = cli(args, tmp_path, cache_dir)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        output = f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}")
+    return proc
 
 
 def permissions(folder: Path) -> dict[str, int]:
@@ -71,10 +88,3 @@ def umask_permissions(folder: Path) -> dict[str, int]:
     mask = os.umask(0)
     os.umask(mask)
     return {name: (0o777 if (folder / name).is_dir() else 0o666) & ~mask for name in permissions(folder)}
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (free now: a server may take it next)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from fingpt.card import Card
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 CARD = Card(
     name="demo",

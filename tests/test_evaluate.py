@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from fingpt.checkpoint import load_model
 from fingpt.evaluate import evaluate, main, score
-from tests.conftest import compose
+from tests.helpers import compose
 
 TEXT = "Operator: Good day. Revenue was $1.48 billion, up 24.9% in Q3'24."
 

@@ -14,8 +14,7 @@ from fingpt.checkpoint import load_model
 from fingpt.export import export, main
 from fingpt.files import sha256
 from fingpt.train import native_bfloat16, train
-from tests.conftest import ROOT, train_config
-from tests.helpers import permissions, umask_permissions
+from tests.helpers import ROOT, permissions, train_config, umask_permissions
 
 
 def test_training_exported_its_best_checkpoint_and_pointed_latest_at_it(trained_run):

@@ -12,7 +12,7 @@ from fingpt.generation import SamplingParams, generate
 from fingpt.hf import hf_family, to_hf
 from fingpt.model import GPT, GPTConfig
 from fingpt.train import train
-from tests.conftest import train_config
+from tests.helpers import train_config
 
 SIZE = {"vocab_size": 97, "block_size": 32, "n_embd": 48, "n_head": 4, "n_layer": 2, "dropout": 0.0}
 FAMILIES = {

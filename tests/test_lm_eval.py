@@ -16,9 +16,8 @@ import pytest
 from fingpt.errors import DataError
 from fingpt.evaluate import evaluate, score
 from fingpt.export import export_hf
-from serving.app import Settings, create_app
-from serving.testing import BackgroundServer
-from tests.conftest import ROOT, compose
+from serving.testing import serve
+from tests.helpers import ROOT, compose
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -63,7 +62,7 @@ def test_lm_eval_on_the_hf_export_gives_fingpt_evaluates_bits_per_byte(bundle, c
 
 def test_lm_eval_via_fingpt_serve_gives_fingpt_evaluates_bpb(bundle, calls, fingpt_bpb, tmp_path):
     folder = export_hf(bundle, tmp_path / "hf")  # lm-eval cuts the windows with this tokenizer
-    with BackgroundServer(create_app(Settings(model=str(bundle), device="cpu"))) as server:
+    with serve(bundle) as server:
         model_args = (
             f"base_url={server.url}/v1/completions,tokenizer={folder},"
             "tokenizer_backend=huggingface,max_length=32"

@@ -6,7 +6,7 @@ from hydra.utils import instantiate
 
 from fingpt.model import GPT, GPTConfig
 from fingpt.optim import MuonAdamW, adamw, muon, parameter_groups
-from tests.conftest import compose
+from tests.helpers import compose
 
 SIZE = dict(vocab_size=64, block_size=16, n_embd=32, n_head=2, n_layer=2, dropout=0.0)
 

@@ -93,7 +93,7 @@ def test_unsupported_dtypes_and_int8_off_a_cpu_are_refused_with_the_choices():
 
 def test_evaluate_scores_an_int8_model_and_refuses_an_unknown_dtype(trained_run, tmp_path):
     from fingpt.evaluate import evaluate
-    from tests.conftest import compose
+    from tests.helpers import compose
 
     (tmp_path / "call.txt").write_text(
         "Operator: Good day. Revenue was $1.48 billion, up 24.9% in Q3'24." * 4

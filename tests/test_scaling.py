@@ -4,8 +4,9 @@ two nodes of one device each, started by Lightning's own launcher or by torchrun
 import json
 import subprocess
 
-from tests.conftest import ROOT, cli, run_cli
-from tests.helpers import free_port, read_records
+from serving.testing import free_port
+from tests.callbacks import read_records
+from tests.helpers import ROOT, cli, run_cli
 
 STEPS = ["trainer.max_steps=4", "trainer.val_check_interval=4", "run_name=scaled", "trainer=ddp"]
 
@@ -14,7 +15,7 @@ def train_on_two_nodes(launcher: str, tmp_path, cache_dir) -> dict:
     """Start node 1 then node 0 of `trainer.num_nodes=2 trainer.devices=1`; node 0's result."""
     port = free_port()
     recorder = [
-        "+callbacks.recorder._target_=tests.helpers.BatchRecorder",
+        "+callbacks.recorder._target_=tests.callbacks.BatchRecorder",
         f"+callbacks.recorder.path={tmp_path}/batches",
     ]
     cmd, env = cli([*STEPS, "trainer.devices=1", "trainer.num_nodes=2", *recorder], tmp_path, cache_dir)

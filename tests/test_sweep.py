@@ -10,7 +10,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
 from fingpt.config import CONF_DIR
-from tests.conftest import ROOT, cli, run_cli
+from tests.helpers import ROOT, cli, run_cli
 
 QUICK = ["trainer.max_steps=3", "trainer.val_check_interval=3"]
 

@@ -18,8 +18,8 @@ from fingpt.lit_module import fused_optimizer
 from fingpt.model import GPT
 from fingpt.optim import WarmupCosine, WarmupStableDecay
 from fingpt.train import choose_precision, main, train
-from tests.conftest import cli, compose, run_cli, train_config
-from tests.helpers import read_records
+from tests.callbacks import read_records
+from tests.helpers import cli, compose, run_cli, train_config
 
 GROUPS = sorted(
     p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "hparams_search")
@@ -155,7 +155,7 @@ def test_schedules_refuse_bad_settings_naming_them(schedule, field, value):
 def fast_dev_run(tmp_path, cache_dir, overrides: list[str]) -> dict:
     """One training batch of a real config: what it recorded (its shape, loss and lr)."""
     recorder = [
-        "+callbacks.recorder._target_=tests.helpers.BatchRecorder",
+        "+callbacks.recorder._target_=tests.callbacks.BatchRecorder",
         f"+callbacks.recorder.path={tmp_path}/b",
     ]
     cfg = train_config(tmp_path, cache_dir, ["debug=fast_dev_run", *recorder, *overrides])
@@ -239,11 +239,11 @@ def test_a_killed_run_resumes_at_the_same_step_with_the_same_batches(optimizer, 
         f"optimizer={optimizer}",
         "trainer.max_steps=16",
         "trainer.val_check_interval=5",
-        "+callbacks.recorder._target_=tests.helpers.BatchRecorder",
+        "+callbacks.recorder._target_=tests.callbacks.BatchRecorder",
     ]
     whole = [*common, f"paths.run_dir={tmp_path}/whole", f"+callbacks.recorder.path={tmp_path}/whole"]
     train(train_config(tmp_path, cache_dir, whole))  # uninterrupted, in this process
-    kill = ["+callbacks.kill._target_=tests.helpers.KillAt", "+callbacks.kill.step=12"]
+    kill = ["+callbacks.kill._target_=tests.callbacks.KillAt", "+callbacks.kill.step=12"]
     killed = run_cli(
         [*common, "run_name=killed", f"+callbacks.recorder.path={tmp_path}/killed", *kill],
         tmp_path,
@@ -303,7 +303,7 @@ def test_validation_during_fit_scores_a_fixed_sample_and_after_fit_every_window(
     overrides = ["data.loader.val_windows=6", "trainer.limit_val_batches=1.0", "trainer.max_steps=4"]
     overrides += [
         "trainer.val_check_interval=2",
-        "+callbacks.counter._target_=tests.helpers.ValidationCounter",
+        "+callbacks.counter._target_=tests.callbacks.ValidationCounter",
     ]
     train(train_config(tmp_path, cache_dir, [*overrides, f"+callbacks.counter.path={recorder}"]))
     counts = [int(n) for n in recorder.read_text().split()]
@@ -319,7 +319,7 @@ def test_ddp_on_two_cpu_processes_trains_and_ranks_see_different_data(tmp_path, 
             "trainer.devices=2",
             "trainer.max_steps=4",
             "trainer.val_check_interval=4",
-            "+callbacks.recorder._target_=tests.helpers.BatchRecorder",
+            "+callbacks.recorder._target_=tests.callbacks.BatchRecorder",
             f"+callbacks.recorder.path={tmp_path}/ddp",
         ],
         tmp_path,

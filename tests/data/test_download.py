@@ -16,9 +16,9 @@ import pytest
 
 from fingpt.data.corpus import Corpus
 from fingpt.data.download import CORPORA, main
-from tests.conftest import DATA_DIR, ROOT, compose
+from serving.testing import free_port
 from tests.data.github import GitHub, git_blob_id
-from tests.helpers import free_port
+from tests.helpers import DATA_DIR, ROOT, compose
 
 MAEC = CORPORA["maec"]
 

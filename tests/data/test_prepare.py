@@ -10,8 +10,7 @@ from fingpt.data import prepare as prepare_module
 from fingpt.data.corpus import Corpus
 from fingpt.data.prepare import Prepared, prepare
 from fingpt.errors import DataError
-from tests.conftest import CORPORA_DIR, compose
-from tests.helpers import permissions, umask_permissions
+from tests.helpers import CORPORA_DIR, compose, permissions, umask_permissions
 
 
 def split_tokens(data: Prepared, split):

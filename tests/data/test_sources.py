@@ -8,7 +8,7 @@ import pytest
 from fingpt.data.corpus import Corpus
 from fingpt.data.sources import SEPARATOR, HubSource, ParquetSource, from_path
 from fingpt.errors import DataError
-from tests.conftest import CORPORA_DIR, DATA_DIR, compose
+from tests.helpers import CORPORA_DIR, DATA_DIR, compose
 
 
 def test_a_text_file_with_separator_lines_holds_each_call_once(sample_calls, tmp_path):

@@ -1,6 +1,5 @@
 import json
 import threading
-import time
 
 import pytest
 
@@ -253,11 +252,9 @@ def test_metrics_count_requests_and_tokens(client):
 
 
 def test_health_is_503_until_the_model_is_loaded(bundle, monkeypatch):
-    from fastapi.testclient import TestClient
-
     import serving.state
     from fingpt.checkpoint import load_model
-    from serving.app import Settings, create_app
+    from serving.testing import asgi_client, wait_for_health
 
     release = threading.Event()
 
@@ -266,24 +263,18 @@ def test_health_is_503_until_the_model_is_loaded(bundle, monkeypatch):
         return load_model(*args, **kwargs)
 
     monkeypatch.setattr(serving.state, "load_model", slow_load)
-    with TestClient(create_app(Settings(model=str(bundle), device="cpu"))) as c:
+    with asgi_client(bundle, wait=None) as c:
         assert c.get("/health").status_code == 503
         busy = c.post("/v1/completions", json={"prompt": "x"})
         assert busy.status_code == 503 and busy.json()["error"]["code"] == "loading"
         release.set()
-        from tests.serving.conftest import wait_healthy
-
-        wait_healthy(c.get)
+        wait_for_health(c.get)
 
 
 def test_the_api_key_is_enforced_except_for_health(bundle):
-    from fastapi.testclient import TestClient
+    from serving.testing import asgi_client
 
-    from serving.app import Settings, create_app
-    from tests.serving.conftest import wait_healthy
-
-    with TestClient(create_app(Settings(model=str(bundle), device="cpu", api_key="s3cret"))) as c:
-        wait_healthy(c.get)
+    with asgi_client(bundle, api_key="s3cret") as c:
         assert c.post("/v1/completions", json={"prompt": "x"}).status_code == 401
         wrong = c.post("/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
@@ -293,13 +284,9 @@ def test_the_api_key_is_enforced_except_for_health(bundle):
 
 
 def test_the_server_can_decode_in_bfloat16(bundle):
-    from fastapi.testclient import TestClient
+    from serving.testing import asgi_client
 
-    from serving.app import Settings, create_app
-    from tests.serving.conftest import wait_healthy
-
-    with TestClient(create_app(Settings(model=str(bundle), device="cpu", dtype="bfloat16"))) as c:
-        wait_healthy(c.get)
+    with asgi_client(bundle, dtype="bfloat16") as c:
         assert c.app.state.fingpt.loaded.model.wte.weight.dtype.is_floating_point
         assert str(c.app.state.fingpt.loaded.model.wte.weight.dtype) == "torch.bfloat16"
         body = complete(c, seed=1, max_tokens=8).json()
@@ -330,16 +317,11 @@ def test_cancelled_jobs_do_not_hold_queue_places(bundle):
 
 
 def test_a_model_that_could_not_load_is_never_said_to_be_loading(corrupt_bundle):
-    from fastapi.testclient import TestClient
-
-    from serving.app import Settings, create_app
+    from serving.testing import asgi_client, wait_for_health
 
     reason = f"bundle {corrupt_bundle}: model.safetensors is corrupt (its SHA-256 differs from card.json)"
-    with TestClient(create_app(Settings(model=str(corrupt_bundle), device="cpu"))) as c:
-        for _ in range(600):
-            if (health := c.get("/health")).json()["status"] != "loading":
-                break
-            time.sleep(0.05)
+    with asgi_client(corrupt_bundle, wait=None) as c:
+        health = wait_for_health(c.get, until=("ok", "error"))
         assert health.status_code == 503 and health.json() == {"status": "error", "error": reason}
         for response in (c.post("/v1/completions", json={"prompt": "x"}), c.post("/generate", json={})):
             assert response.status_code == 503
@@ -354,18 +336,14 @@ def test_a_model_that_could_not_load_is_never_said_to_be_loading(corrupt_bundle)
 
 def test_a_device_this_machine_lacks_is_the_reason_the_model_did_not_load(bundle):
     import torch
-    from fastapi.testclient import TestClient
 
-    from serving.app import Settings, create_app
+    from serving.testing import asgi_client, wait_for_health
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
     reason = "device cuda is not available here (torch sees no CUDA GPU): use device=cpu"
-    with TestClient(create_app(Settings(model=str(bundle), device="cuda"), on_load_failure=print)) as c:
-        for _ in range(600):
-            if (health := c.get("/health")).json()["status"] != "loading":
-                break
-            time.sleep(0.05)
+    with asgi_client(bundle, wait=None, device="cuda") as c:
+        health = wait_for_health(c.get, until=("ok", "error"))
         assert health.status_code == 503 and health.json() == {"status": "error", "error": reason}
 
 
@@ -373,7 +351,7 @@ def test_fingpt_serve_ends_in_one_line_when_its_model_cannot_load(corrupt_bundle
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     serve = [sys.executable, "-m", "serving.app", "--model", str(corrupt_bundle), "--port", "0"]
     run = subprocess.run(serve, cwd=ROOT, capture_output=True, text=True, timeout=120)

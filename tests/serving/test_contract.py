@@ -6,7 +6,7 @@ import sys
 
 from serving.app import Settings, create_app
 from serving.protocol import Limits
-from serving.testing import BackgroundServer
+from serving.testing import serve
 
 KEY = "c0ntract"
 CONFIG = f"""
@@ -26,8 +26,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
 
 def test_the_server_keeps_its_documented_contract(bundle, tmp_path):
     (tmp_path / "schemathesis.toml").write_text(CONFIG)
-    settings = Settings(model=str(bundle), device="cpu", api_key=KEY, limits=Limits(max_tokens=16, max_n=2))
-    with BackgroundServer(create_app(settings)) as server:
+    with serve(bundle, api_key=KEY, limits=Limits(max_tokens=16, max_n=2)) as server:
         fuzz = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "--config-file", "schemathesis.toml", "run"]
             + [f"{server.url}/openapi.json", "--checks", "all"],

@@ -8,12 +8,13 @@ import pytest
 from openai import AuthenticationError, OpenAI
 
 from serving.protocol import Limits
+from serving.testing import serve
 
 PROMPT = "Operator: Good afternoon, and welcome to the"
 
 
-def test_the_official_openai_client_works_streaming_and_not(live_server):
-    with live_server(api_key="k3y") as server:
+def test_the_official_openai_client_works_streaming_and_not(bundle):
+    with serve(bundle, api_key="k3y") as server:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="k3y")
         completion = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=10, seed=4)
         assert completion.object == "text_completion" and completion.choices[0].finish_reason in (
@@ -31,8 +32,8 @@ def test_the_official_openai_client_works_streaming_and_not(live_server):
         assert refused.value.status_code == 401
 
 
-def test_32_concurrent_requests_are_batched_and_seeded_text_is_the_same_alone(live_server):
-    with live_server(max_batch_size=16) as server:
+def test_32_concurrent_requests_are_batched_and_seeded_text_is_the_same_alone(bundle):
+    with serve(bundle, max_batch_size=16) as server:
         body = {"prompt": "Revenue for the quarter", "max_tokens": 24, "seed": 42, "temperature": 0.9}
         alone = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
 
@@ -59,8 +60,8 @@ def test_32_concurrent_requests_are_batched_and_seeded_text_is_the_same_alone(li
         assert buckets["+Inf"] - buckets["8.0"] > 0  # and some more than 8
 
 
-def test_a_client_that_disconnects_frees_its_row(live_server):
-    with live_server(limits=Limits(max_tokens=10**6)) as server:
+def test_a_client_that_disconnects_frees_its_row(bundle):
+    with serve(bundle, limits=Limits(max_tokens=10**6)) as server:
         body = {"prompt": PROMPT, "max_tokens": 10**6, "stream": True, "ignore_eos": True}  # endless
         with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
             lines = response.iter_lines()
@@ -72,10 +73,10 @@ def test_a_client_that_disconnects_frees_its_row(live_server):
         assert not server.engine.owners and server.engine.sampler.free_rows == 16
 
 
-def test_a_client_that_leaves_a_non_streaming_request_frees_its_row(live_server):
+def test_a_client_that_leaves_a_non_streaming_request_frees_its_row(bundle):
     import socket
 
-    with live_server(limits=Limits(max_tokens=10**6)) as server:
+    with serve(bundle, limits=Limits(max_tokens=10**6)) as server:
         body = b'{"prompt": "Our", "max_tokens": 1000000, "ignore_eos": true}'
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.sendall(
@@ -92,8 +93,8 @@ def test_a_client_that_leaves_a_non_streaming_request_frees_its_row(live_server)
         assert not server.engine.owners
 
 
-def test_a_full_queue_answers_429(live_server):
-    with live_server(max_batch_size=1, max_queue=1, limits=Limits(max_tokens=10**6)) as server:
+def test_a_full_queue_answers_429(bundle):
+    with serve(bundle, max_batch_size=1, max_queue=1, limits=Limits(max_tokens=10**6)) as server:
         long = {"prompt": PROMPT, "max_tokens": 10**6, "stream": True, "ignore_eos": True}  # endless
 
         async def flood():

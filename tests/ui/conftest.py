@@ -1,24 +1,15 @@
 import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
 import serving.state
-from serving.app import Settings, create_app
 from serving.protocol import Limits
-from serving.testing import BackgroundServer
-from tests.helpers import free_port
+from serving.testing import free_port, serve
+from tests.helpers import KEY
 
 APP = Path(__file__).resolve().parents[2] / "ui" / "app.py"
-KEY = "s3same"
-
-
-def serve(bundle, **settings) -> BackgroundServer:
-    return BackgroundServer(create_app(Settings(model=str(bundle), device="cpu", **settings)))
 
 
 @pytest.fixture(scope="module")
@@ -54,28 +45,6 @@ def capped_server(bundle):
         yield live
 
 
-@contextmanager
-def unready(app):
-    """A live server that may not be healthy: it is up, whatever its model does."""
-    live = BackgroundServer(app)
-    live.thread.start()
-    deadline = time.time() + 30
-    while not live.server.started and time.time() < deadline:
-        time.sleep(0.02)
-    try:
-        yield live
-    finally:
-        live.__exit__()
-
-
-def wait_for_health(url: str, status: str, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while httpx.get(f"{url}/health").json()["status"] != status:
-        if time.time() > deadline:
-            raise TimeoutError(f"{url}/health never said {status}")
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def loading_server(bundle, monkeypatch):
     """(server, release): the model loads only once the test sets `release`."""
@@ -87,7 +56,7 @@ def loading_server(bundle, monkeypatch):
         return load_model(*args, **kwargs)
 
     monkeypatch.setattr(serving.state, "load_model", held)
-    with unready(create_app(Settings(model=str(bundle), device="cpu"))) as live:
+    with serve(bundle, wait=None) as live:
         yield live, release
 
 

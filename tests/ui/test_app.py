@@ -8,7 +8,8 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
 import ui
-from tests.ui.conftest import KEY, unready, wait_for_health
+from serving.testing import serve, wait_for_health
+from tests.helpers import KEY
 
 PROMPT = "Operator: Good afternoon, and welcome to the"
 WIDGETS = {
@@ -216,16 +217,13 @@ def test_a_server_still_loading_says_so_then_is_ready(loading_server, page):
     generate(at, prompt=PROMPT, max_tokens=4)
     assert messages(at.main.warning) == ["The model is still loading: try again in a few seconds."]
     release.set()
-    wait_for_health(live.url, "ok")
+    wait_for_health(live.get)
     at.button(key="check").click().run()
     assert messages(at.sidebar.success) == ["Ready: serving `tiny`"]
 
 
 def test_a_server_that_could_not_load_its_model_says_why(tmp_path, page):
-    from serving.app import Settings, create_app
-
-    with unready(create_app(Settings(model=str(tmp_path / "missing"), device="cpu"))) as live:
-        wait_for_health(live.url, "error")
+    with serve(tmp_path / "missing", wait="error") as live:
         at = page(live.url)
     [error] = messages(at.sidebar.error)
     assert error.startswith("The server could not load its model: ")

@@ -16,8 +16,7 @@ import httpx
 import pytest
 
 from serving.protocol import Limits
-from tests.helpers import free_port
-from tests.ui.conftest import serve
+from serving.testing import free_port, serve
 from ui import streamlit_command
 
 CHROMIUM = Path(os.environ.get("FINGPT_CHROMIUM", "/usr/bin/chromium"))

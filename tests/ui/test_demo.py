@@ -7,8 +7,8 @@ import sys
 
 import httpx
 
-from tests.conftest import ROOT
-from tests.helpers import free_port
+from serving.testing import free_port
+from tests.helpers import ROOT
 
 
 def demo(model, logs, timeout: int = 120) -> tuple[subprocess.Popen, str, str]:
