@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 import fingpt.loss
 import fingpt.model
 from fingpt.model import GPT, GPTConfig, apply_rotary, rotary
-from tests.conftest import compose
+from tests.helpers import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.stem for p in (ROOT / "conf/model").glob("*.yaml"))  # not layout/
