@@ -1,12 +1,15 @@
 """Every error the server answers, in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 
 APIError is raised by the code that finds the fault; the handlers give FastAPI's and Starlette's own
-errors (a body that does not validate, an unknown route or method) the same shape, and the spec
-documents for each route the statuses it can answer, and nothing else.
+errors (a body that does not validate, an unknown route or method) the same shape, and so does any
+other exception: a 500 whose request id finds its traceback in the server's log. The spec documents
+for each route the statuses it can answer, and nothing else.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Any
 
 from fastapi import Request
@@ -14,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+
+log = logging.getLogger("fingpt.serve")
 
 
 class ErrorBody(BaseModel):
@@ -43,7 +48,7 @@ WHY = {
     401: "A missing or wrong API key",
     413: "A body over the size limit",
     429: "The queue is full: retry later",
-    500: "Decoding failed",
+    500: "Decoding failed, or an unexpected fault (its request id finds the traceback in the server's log)",
     503: "The model is still loading, or could not be loaded",
     504: "The request took longer than the server's timeout",
 }
@@ -75,4 +80,19 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return APIError(exc.status_code, str(exc.detail), code=code).response(headers=exc.headers)
 
 
-HANDLERS = {APIError: api_error, RequestValidationError: invalid_request, HTTPException: http_error}
+async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """Any other exception: a 500 in the same shape, never Starlette's plain text. Its traceback is
+    logged under a request id that the body and the X-Request-Id header give the client."""
+    request_id = uuid.uuid4().hex[:16]
+    log.error("request %s (%s %s) failed", request_id, request.method, request.url.path, exc_info=exc)
+    message = f"internal server error (request id {request_id}): the server's log holds its traceback"
+    error = APIError(500, message, type="server_error", code="internal_error")
+    return error.response(headers={"X-Request-Id": request_id})
+
+
+HANDLERS = {
+    APIError: api_error,
+    RequestValidationError: invalid_request,
+    HTTPException: http_error,
+    Exception: unexpected,
+}

@@ -117,3 +117,28 @@ def test_a_full_queue_answers_429(bundle):
         assert refused.status_code == 429
         assert refused.json()["error"]["type"] == "rate_limit_error"
         assert waited.status_code == 200  # once the row was free, the waiting request ran
+
+
+def test_an_unexpected_fault_answers_500_in_the_error_shape_with_an_id_for_its_traceback(bundle, caplog):
+    def fault(*args, **kwargs):
+        raise RuntimeError("injected fault")
+
+    with serve(bundle) as live:
+        live.app.state.fingpt.completions.create = fault
+        with caplog.at_level("ERROR", logger="fingpt.serve"):
+            response = httpx.post(f"{live.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+        assert httpx.get(f"{live.url}/health").json()["status"] == "ok"  # the server goes on
+    request_id = response.headers["x-request-id"]
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "message": f"internal server error (request id {request_id}): "
+            "the server's log holds its traceback",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }
+    (record,) = [r for r in caplog.records if request_id in r.getMessage()]
+    assert record.getMessage() == f"request {request_id} (POST /v1/completions) failed"
+    assert record.exc_info[1].args == ("injected fault",)
