@@ -121,7 +121,7 @@ class GPTLitModule(L.LightningModule):
             logger.experiment.add_text("sample", f"**{sample['prompt']}**{completion}", self.global_step)
 
     def configure_optimizers(self):
-        from hydra.utils import instantiate
+        from fingpt.config import instantiate
 
         fused = fused_optimizer(self.trainer.precision)
         optimizer = instantiate(self.hparams.optimizer)(self.model, fused=fused)  # conf/optimizer: a factory

@@ -24,13 +24,12 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fingpt.cli import user_errors
-from fingpt.config import CONF_DIR
+from fingpt.config import CONF_DIR, instantiate
 from fingpt.data.datamodule import TranscriptDataModule
 from fingpt.data.prepare import prepare
 from fingpt.export import export, export_hf, point_latest

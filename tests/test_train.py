@@ -362,6 +362,8 @@ def test_user_errors_in_train_py_are_one_line_and_exit_2(tmp_path, cache_dir, ca
         (["ckpt_path=last"], "ckpt_path=last: no checkpoints/last.ckpt under"),
         (["export.format=hf", "model.logit_softcap=15"], "logit_softcap has no Hugging Face equivalent"),
         (["export.format=zip"], "export.format must be bundle, hf or none, got 'zip'"),
+        (["model.n_head=7"], "GPTConfig.n_embd (96) must be divisible by n_head (7)"),
+        (["model.mlp=tanh"], "GPTConfig.mlp must be one of ['gelu', 'relu', 'relu2', 'swiglu'], got 'tanh'"),
     ):
         monkeypatch.setattr("sys.argv", cli(args, tmp_path, cache_dir)[0][1:])
         with pytest.raises(SystemExit) as exit_info:

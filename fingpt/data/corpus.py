@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from fingpt.config import CONF_DIR
+from fingpt.config import CONF_DIR, instantiate
 from fingpt.data.sources import Document
 from fingpt.errors import DataError
 
@@ -23,18 +23,6 @@ def split_of(doc_id: str, val_fraction: float, test_fraction: float) -> str:
     if u < val_fraction:
         return "validation"
     return "test" if u < val_fraction + test_fraction else "train"
-
-
-def _instantiate_source(cfg: DictConfig):
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(cfg)
-    except InstantiationException as e:  # show the user's error, not Hydra's wrapping of it
-        if isinstance(e.__cause__, DataError):
-            raise e.__cause__ from None
-        raise
 
 
 class Corpus:
@@ -54,7 +42,7 @@ class Corpus:
                 "must be >= 0 and leave some calls for training"
             )
         try:
-            self.sources = {name: _instantiate_source(cfg) for name, cfg in data.sources.items()}
+            self.sources = {name: instantiate(cfg) for name, cfg in data.sources.items()}
         except MissingMandatoryValue as e:  # data=local without data.path
             raise DataError(
                 f"data {self.name!r} needs {e.full_key.replace(f'sources.{self.name}.', '')}: add "

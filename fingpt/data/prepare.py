@@ -90,7 +90,7 @@ class ShardWriter:
 
 def _build_tokenizer(tokenizer_cfg: DictConfig, corpus: Corpus) -> Tokenizer:
     """Load the given tokenizer file, or train one on the training split only."""
-    from hydra.utils import instantiate
+    from fingpt.config import instantiate
 
     if tokenizer_cfg.get("path"):
         return load_tokenizer(tokenizer_cfg.path)
