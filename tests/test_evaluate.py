@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fingpt.checkpoint import load_model
+from fingpt.data.corpus import Corpus
 from fingpt.evaluate import evaluate, main, score
 from tests.helpers import compose
 
@@ -65,11 +66,15 @@ def test_the_cli_takes_model_equals_path_and_prints_bpb(trained_run, tmp_path, c
 
     (tmp_path / "calls.txt").write_text(TEXT)
     calls = ["data=local", f"data.path={tmp_path / 'calls.txt'}"]
+    loaded = load_model(trained_run)  # the figures the command must print: score() on the same call
+    texts = Corpus.from_path(tmp_path / "calls.txt").texts()
+    expected = score(loaded.model, loaded.tokenizer, texts, stride=8)
     for model in (f"model={trained_run}", f"model_path={trained_run}"):
         monkeypatch.setattr(sys, "argv", ["fingpt-evaluate", model, *calls, "stride=8"])
         main()
         out = capsys.readouterr().out
-        assert out.startswith("bpb ") and "calls 1" in out
+        assert out.startswith(f"bpb {expected.bpb:.4f}  perplexity {expected.perplexity:.2f}  ")
+        assert out.endswith(f"tokens {expected.tokens:,}  bytes {expected.bytes:,}  calls 1\n")
     assert run(f"model={tmp_path}/missing.ckpt", *calls) == 2
     assert "missing.ckpt" in capsys.readouterr().err
     assert run(f"model={trained_run}", *calls, "stride=0") == 2

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from fingpt import export as export_module
 from fingpt.card import Card
-from fingpt.checkpoint import load_model
+from fingpt.checkpoint import BUNDLE_FILES, load_model
 from fingpt.export import export, main
 from fingpt.files import sha256
 from fingpt.train import native_bfloat16, train
@@ -41,7 +41,7 @@ def test_a_bundle_gives_the_checkpoints_logits(trained_run, bundle):
     assert from_bundle.tokenizer.to_json() == from_checkpoint.tokenizer.to_json()
     names = set(load_file(bundle / "model.safetensors"))
     assert "wte.weight" in names and "lm_head.weight" not in names  # tied: stored once
-    assert not any(n.startswith(("model.", "_orig_mod.")) for n in names)
+    assert not any(n.startswith("model.") for n in names)  # no LightningModule prefix
 
 
 def test_the_demos_recipe_trains_compiled_and_exports_a_bundle_with_plain_names(tmp_path, cache_dir, capsys):
@@ -124,8 +124,11 @@ def test_export_never_replaces_a_folder_that_is_not_a_bundle(trained_run, tmp_pa
     with pytest.raises(ValueError, match="exists and is not a bundle"):
         export(trained_run, tmp_path / "notes")
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
-    export(trained_run, tmp_path / "bundle")
-    export(trained_run, tmp_path / "bundle")  # an old bundle is replaced
+    old = export(trained_run, tmp_path / "bundle")
+    (old / "stale.txt").write_text("only in the old bundle")
+    new = export(trained_run, tmp_path / "bundle", dtype="bfloat16")  # an old bundle is replaced
+    assert sorted(p.name for p in new.iterdir()) == sorted(BUNDLE_FILES)  # no stale.txt
+    assert load_model(new).card.dtype == "bfloat16"
 
 
 def test_the_card_takes_the_runs_final_figure_on_all_of_validation(trained_run, bundle):

@@ -130,7 +130,7 @@ def test_streamed_deltas_concatenate_to_the_full_text(model, bpe):
     (full,) = generate(model, bpe, ["Revenue"], params)
     deltas = list(stream(model, bpe, "Revenue", params))
     assert "".join(deltas) == full.text
-    assert all(d and d.encode("utf-8").decode("utf-8") == d for d in deltas)
+    assert all(deltas)  # only text, never an empty delta (split characters: the test above)
 
 
 def test_generation_past_the_context_window_never_errors(model, bpe):

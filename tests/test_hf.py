@@ -131,7 +131,11 @@ def test_the_export_keeps_checksums_and_never_overwrites_what_is_not_an_export(b
     with pytest.raises(SystemExit) as exit_info:
         main([str(bundle), "--format", "hf", "--out", str(keep)])
     assert exit_info.value.code == 2 and (keep / "notes.txt").read_text() == "mine"
+    (hf_folder / "stale.txt").write_text("only in the old export")
     main([str(bundle), "--format", "hf", "--out", str(hf_folder)])  # an export is replaced
+    card = json.loads((hf_folder / "fingpt_card.json").read_text())
+    assert not (hf_folder / "stale.txt").exists()
+    assert set(card["sha256"]) == {p.name for p in hf_folder.iterdir()} - {"fingpt_card.json"}
 
 
 def test_a_run_with_export_format_hf_writes_its_bundle_and_its_hf_folder(tmp_path, cache_dir):

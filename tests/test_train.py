@@ -383,18 +383,13 @@ def test_ckpt_path_last_resumes_the_named_run_not_the_newest(tmp_path):
     assert resolve_checkpoint("last", tmp_path, tmp_path / "new") == tmp_path / "b/checkpoints/last.ckpt"
 
 
-def test_a_progress_bar_can_be_switched_off(tmp_path, cache_dir):
-    train(
-        train_config(
-            tmp_path,
-            cache_dir,
-            [
-                "debug=fast_dev_run",
-                "trainer.enable_progress_bar=false",
-                "+callbacks.progress_bar._target_=lightning.pytorch.callbacks.TQDMProgressBar",
-            ],
-        )
-    )
+def test_a_progress_bar_can_be_switched_off(tmp_path, cache_dir, capfd):
+    tqdm = "lightning.pytorch.callbacks.TQDMProgressBar"
+    bar = ["debug=fast_dev_run", f"+callbacks.progress_bar._target_={tqdm}"]
+    train(train_config(tmp_path / "on", cache_dir, [*bar, "trainer.enable_progress_bar=true"]))
+    assert "Epoch 0: 100%" in capfd.readouterr().out
+    train(train_config(tmp_path / "off", cache_dir, [*bar, "trainer.enable_progress_bar=false"]))
+    assert "Epoch 0" not in capfd.readouterr().out  # the bar configured in callbacks is left out
 
 
 def test_the_fsdp_trainer_wraps_each_block_and_keeps_parameter_names():
