@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from fingpt.card import Card
 from fingpt.checkpoint import BUNDLE_FILES, LoadedModel, load_model
 from fingpt.cli import user_errors
-from fingpt.devices import FLOATS, resolve_dtype
+from fingpt.devices import FLOATS, check_dtype
 from fingpt.files import replace_folder, sha256
 from fingpt.hf import to_hf
 from fingpt.runs import Run
@@ -69,7 +69,7 @@ def card_of(loaded: LoadedModel, name: str, dtype: str, files: dict[str, str]) -
 
 def export(source: str | Path, out: str | Path, dtype: str = "float32") -> Path:
     """Write the bundle of `source` (a .ckpt or a run folder) to `out`; replaces an old one."""
-    dtype = resolve_dtype(dtype, "cpu", "float32", choices=FLOATS)
+    check_dtype(dtype, FLOATS)
     loaded = load_model(source)
     model, out = loaded.model, Path(out)
     # a tied LM head is the token embedding: store it once, the loader ties it again

@@ -126,13 +126,13 @@ def server_status(client: Client) -> dict | None:
     return model
 
 
-def card_of(model: dict) -> Card:
+def served_card(model: dict) -> Card:
     """The served model's card (an old server's may lack fields: they take their defaults)."""
     return Card.from_dict(model.get("card") or {})
 
 
 def model_card(model: dict) -> None:
-    card = card_of(model)
+    card = served_card(model)
     st.subheader("Model")
     lines = [f"**`{model['id']}`**"]
     if card.parameters:
@@ -316,7 +316,7 @@ def score_call(client: Client, model: dict | None) -> None:
         show(e)
         return
     bpb = score.bits_per_byte(scored, text)
-    validated = card_of(model).val_bpb
+    validated = served_card(model).val_bpb
     st.metric(
         "Bits per byte", f"{bpb:.3f}", None if validated is None else f"{bpb - validated:+.3f}", "inverse"
     )
