@@ -6,6 +6,7 @@ logprobs through `prompt_logprobs`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -30,6 +31,17 @@ def windows(ids: list[int], block_size: int, stride: int) -> Iterator[tuple[list
         yield chunk[:-1], targets
         scored_until = start + len(chunk) - 1
         start += stride
+
+
+def positions(length: int, block_size: int, stride: int | None = None) -> int:
+    """How many token positions the model computes to score `length` tokens as `prompt_logprobs`
+    does (its windows times their width), without computing them: what a server caps."""
+    if stride is None:  # the last block_size tokens only, in one window
+        length, stride = min(length, block_size), block_size
+    if length < 2:
+        return 0
+    width = min(block_size, length - 1)
+    return width * (1 + -(-max(0, length - 1 - block_size) // stride))
 
 
 def window_logprobs(
@@ -60,12 +72,18 @@ def _window_batch(model: GPT, batch: list[tuple[list[int], list[int]]]):
 
 @torch.inference_mode()
 def prompt_logprobs(
-    model: GPT, ids: list[int], top: int = 0, stride: int | None = None, batch_size: int = 32
+    model: GPT,
+    ids: list[int],
+    top: int = 0,
+    stride: int | None = None,
+    batch_size: int = 32,
+    deadline: float | None = None,
 ) -> list[Step]:
     """Each prompt token's log-probability given the tokens before it (None for the first), with
     the `top` most likely tokens at its place: what OpenAI's echo with logprobs reports. Without
     `stride`, only the last block_size tokens are scored, as the model sees them, and earlier ones
-    get None too; with it, every token is, by windows sliding by `stride` (fingpt-evaluate's)."""
+    get None too; with it, every token is, by windows sliding by `stride` (fingpt-evaluate's).
+    Past `deadline` (a time.perf_counter() value) it stops between batches: TimeoutError."""
     block_size = model.config.block_size
     steps = []
     if stride is None:
@@ -73,6 +91,8 @@ def prompt_logprobs(
         ids, stride = ids[-block_size:], block_size
     steps.append(Step(ids[0], None, "", None, None))
     for logprobs, new in window_logprobs(model, windows(ids, block_size, stride), batch_size):
+        if deadline is not None and time.perf_counter() > deadline:
+            raise TimeoutError(f"scoring {len(ids)} tokens ran past its deadline")
         chosen = logprobs.gather(-1, new[:, None]).squeeze(-1).tolist()
         best = logprobs.topk(top, dim=-1) if top else None
         for i, (token, logprob) in enumerate(zip(new.tolist(), chosen, strict=True)):

@@ -92,7 +92,9 @@ async def models(state: State) -> ModelList:
     responses={200: {"content": EVENT_STREAM}, **errors(400, 413, 429, 500, 503, 504)},
 )
 async def create_completion(request: CompletionRequest, http: Request, state: State):
-    """OpenAI's completions; with `stream`, events of a CompletionChunk each, then `data: [DONE]`."""
+    """OpenAI's completions; with `stream`, events of a CompletionChunk each, then `data: [DONE]`.
+    With `echo`, `logprobs` and `max_tokens` 0, a prompt is scored; with `score_stride` too, a prompt
+    of any length, by windows of the context sliding by that many tokens."""
     request.check(state.settings.limits)
     return await state.ready().create(request, http)
 
@@ -106,8 +108,14 @@ async def generate(request: GenerateRequest, http: Request, state: State) -> Gen
 
 class API(FastAPI):
     def openapi(self) -> dict:
+        """The spec, with the loaded model's bounds: built again until the model is loaded."""
         if self.openapi_schema is None:
-            complete_spec(super().openapi(), self.state.fingpt.settings.limits)
+            state: ServerState = self.state.fingpt
+            spec, served = super().openapi(), state.served()
+            complete_spec(spec, state.settings.limits, state.settings.max_queue, served)
+            if served is None:
+                self.openapi_schema = None
+            return spec
         return self.openapi_schema
 
 

@@ -1,6 +1,7 @@
 """Completions: a request becomes an engine job, and the job's steps become a response or a stream.
 
-create:   encode the prompts -> (echo only: answer now) -> submit a job -> collect or stream its steps
+create:   encode the prompts -> (scoring: check its work, score) -> (echo only: answer now)
+          -> submit a job -> collect or stream its steps, all before the request's deadline
 generate: the same for the legacy /generate, answered with the text
 """
 
@@ -18,9 +19,9 @@ from starlette.concurrency import run_in_threadpool
 
 from fingpt.checkpoint import LoadedModel
 from fingpt.generation import Step
-from fingpt.scoring import prompt_logprobs
+from fingpt.scoring import positions, prompt_logprobs
 from serving.engine import Choice, Engine, Job, Overloaded
-from serving.errors import APIError
+from serving.errors import APIError, internal_error
 from serving.metrics import Metrics
 from serving.protocol import (
     SEEDS,
@@ -46,22 +47,31 @@ class Prompt:
 
 class Completions:
     def __init__(
-        self, loaded: LoadedModel, engine: Engine, model_id: str, timeout: float, metrics: Metrics
+        self,
+        loaded: LoadedModel,
+        engine: Engine,
+        model_id: str,
+        timeout: float,
+        max_positions: int,
+        metrics: Metrics,
     ) -> None:
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.engine, self.model_id, self.timeout, self.metrics = engine, model_id, timeout, metrics
+        self.max_positions = max_positions  # the most token positions one request's scoring may compute
 
     async def create(self, request: CompletionRequest, http: Request) -> Response | CompletionResponse:
+        deadline = time.perf_counter() + self.timeout
         prompts = await self.encode(request)
         if request.echo and request.logprobs is not None:
-            await self.score(prompts, request.logprobs, request.score_stride)
+            self.check_work(prompts, request.score_stride)
+            await self.score(prompts, request.logprobs, request.score_stride, deadline)
         prompt_of = [p for p in prompts for _ in range(request.n)]  # choice i continues prompt_of[i]
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model_id}
         if request.max_tokens == 0:  # echo only: the prompts, scored, and nothing generated
-            return self.echo_only(request, prompt_of, head)
-        steps = self.steps(self.submit(request, prompt_of), http)
+            return self.echo_only(request, prompt_of, head, http)
+        steps = self.steps(self.submit(request, prompt_of), http, deadline)
         if request.stream:
-            return self.sse(self.stream(request, prompt_of, head, steps))
+            return self.sse(self.stream(request, prompt_of, head, steps), http)
         generated: list[list[Step]] = [[] for _ in prompt_of]
         async for index, step in steps:
             generated[index].append(step)
@@ -76,7 +86,8 @@ class Completions:
 
     async def generate(self, request: GenerateRequest, http: Request) -> GenerateResponse:
         completion = CompletionRequest(**request.model_dump())
-        steps = self.steps(self.submit(completion, await self.encode(completion)), http)
+        deadline = time.perf_counter() + self.timeout
+        steps = self.steps(self.submit(completion, await self.encode(completion)), http, deadline)
         return GenerateResponse(generated_text="".join([step.text async for _, step in steps]))
 
     async def encode(self, request: CompletionRequest) -> list[Prompt]:
@@ -85,7 +96,7 @@ class Completions:
         texts = None
         if isinstance(prompt, str) or isinstance(prompt[0], str):
             texts = [prompt] if isinstance(prompt, str) else list(prompt)
-            encoded = await run_in_threadpool(lambda: [tokenizer.encode(text) for text in texts])
+            encoded = await run_in_threadpool(tokenizer.encode_batch, texts)  # a MB in well under 1 s
         else:  # token ids: one prompt, or a list of them
             encoded = [list(prompt)] if isinstance(prompt[0], int) else [list(ids) for ids in prompt]
             vocab = tokenizer.vocab_size
@@ -118,14 +129,45 @@ class Completions:
         texts = texts or [tokenizer.decode(ids) for ids in encoded]
         return [Prompt(text, ids, []) for text, ids in zip(texts, encoded, strict=True)]
 
-    async def score(self, prompts: list[Prompt], top: int, stride: int | None) -> None:
+    def check_work(self, prompts: list[Prompt], stride: int | None) -> None:
+        """Refuse (413), before any is computed, scoring that needs more token positions than the cap."""
+        context, cap = self.model.config.block_size, self.max_positions
+        needed = [positions(len(p.ids), context, stride) for p in prompts]
+        if sum(needed) <= cap:
+            return
+        worst = max(range(len(prompts)), key=needed.__getitem__)
+        length, at = len(prompts[worst].ids), f" at score_stride {stride}" if stride else ""
+        if needed[worst] <= cap:
+            asked = f"these {len(prompts)} prompts need {sum(needed):,} token positions together"
+            fix = "score them in separate requests"
+        else:
+            which = f"prompt {worst}, of {length:,} tokens{at}," if len(prompts) > 1 else None
+            which = which or f"this prompt of {length:,} tokens{at}"
+            asked = f"{which} needs {needed[worst]:,} token positions"
+            fix = fitting(length, context, stride or context, cap)
+        raise APIError(
+            413,
+            f"{asked} (windows of {context} tokens), above this server's cap of {cap:,}: {fix}",
+            param="prompt",
+            code="too_many_positions",
+        )
+
+    async def score(self, prompts: list[Prompt], top: int, stride: int | None, deadline: float) -> None:
         """Each prompt's tokens with their logprobs, as OpenAI's echo with logprobs reports them
         (how evaluation harnesses score text through the API)."""
-        scored = await run_in_threadpool(
-            lambda: [prompt_logprobs(self.model, p.ids, top, stride) if p.ids else [] for p in prompts]
-        )
-        for prompt, steps in zip(prompts, scored, strict=True):
-            prompt.scored = steps
+
+        def score_all() -> None:
+            for prompt in prompts:
+                if prompt.ids:
+                    prompt.scored = prompt_logprobs(self.model, prompt.ids, top, stride, deadline=deadline)
+
+        try:
+            await run_in_threadpool(score_all)
+        except TimeoutError:
+            raise self.timed_out() from None
+
+    def timed_out(self) -> APIError:
+        return APIError(504, f"the request took longer than {self.timeout:g} s", type="timeout")
 
     def submit(self, request: CompletionRequest, prompt_of: list[Prompt]) -> Job:
         choices = []
@@ -141,16 +183,15 @@ class Completions:
             ) from e
         return job
 
-    async def steps(self, job: Job, http: Request) -> Steps:
+    async def steps(self, job: Job, http: Request, deadline: float) -> Steps:
         """Steps of every choice as they come, until all finish, the client leaves or time runs out."""
         unfinished, first = len(job.choices), True
-        deadline = job.submitted + self.timeout
         next_check = time.perf_counter() + 0.5
         try:
             while unfinished:
                 now = time.perf_counter()
                 if now >= deadline:
-                    raise APIError(504, f"the request took longer than {self.timeout:.0f} s", type="timeout")
+                    raise self.timed_out()
                 if now >= next_check:  # twice a second, whether or not tokens are flowing
                     if await http.is_disconnected():
                         return
@@ -159,9 +200,10 @@ class Completions:
                     index, item = await asyncio.wait_for(job.events.get(), timeout=min(deadline - now, 0.5))
                 except asyncio.TimeoutError:
                     continue
-                if isinstance(item, BaseException):
-                    status = 400 if isinstance(item, ValueError) else 500
-                    raise APIError(status, str(item), type="server_error")
+                if isinstance(item, ValueError):  # the sampler refused the choice's settings
+                    raise APIError(400, str(item))
+                if isinstance(item, BaseException):  # decoding failed: a 500 whose traceback is logged
+                    raise item
                 if first:
                     self.metrics.first_token.observe(time.perf_counter() - job.submitted)
                     first = False
@@ -171,7 +213,7 @@ class Completions:
             job.cancel()  # a no-op when done; frees the rows of a client that went away
 
     def echo_only(
-        self, request: CompletionRequest, prompt_of: list[Prompt], head: dict
+        self, request: CompletionRequest, prompt_of: list[Prompt], head: dict, http: Request
     ) -> CompletionResponse | StreamingResponse:
         """max_tokens 0 with echo: each choice is its prompt (scored if asked) and ends there."""
         choices = [self.choice(request, i, prompt, [], "length") for i, prompt in enumerate(prompt_of)]
@@ -188,7 +230,7 @@ class Completions:
             if request.stream_options and request.stream_options.include_usage:
                 yield CompletionChunk(**head, choices=[], usage=usage)
 
-        return self.sse(stream())
+        return self.sse(stream(), http)
 
     async def stream(
         self, request: CompletionRequest, prompt_of: list[Prompt], head: dict, steps: Steps
@@ -223,15 +265,18 @@ class Completions:
         return chunks
 
     @staticmethod
-    def sse(chunks: AsyncIterator[CompletionChunk]) -> StreamingResponse:
-        """Server-sent events: `data: {chunk}` each, then `data: [DONE]`."""
+    def sse(chunks: AsyncIterator[CompletionChunk], http: Request) -> StreamingResponse:
+        """Server-sent events: `data: {chunk}` each, then `data: [DONE]`. An error once the stream
+        has started is reported in it, as a `data: {error}` event in the shape of every error."""
 
         async def events() -> AsyncIterator[str]:
             try:
                 async for chunk in chunks:
                     yield f"data: {chunk.model_dump_json()}\n\n"
-            except APIError as e:  # the stream has started: report the error in it
+            except APIError as e:
                 yield f"data: {e.body.model_dump_json()}\n\n"
+            except Exception as e:  # noqa: BLE001 - the 500 of a stream that has started
+                yield f"data: {internal_error(http, e).body.model_dump_json()}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(
@@ -270,3 +315,16 @@ class Completions:
 
     def token_text(self, token: int) -> str:
         return self.tokenizer.token_bytes(token).decode("utf-8", errors="replace")
+
+
+def fitting(length: int, context: int, stride: int, cap: int) -> str:
+    """How `length` tokens scored by windows of `context` sliding by `stride` fit in `cap` token
+    positions: the least stride that fits (if any does), or the most tokens that fit at `stride`."""
+    windows = cap // context  # whole windows within the cap
+    if windows < 1:
+        return f"a text of at most {cap + 1:,} tokens"
+    ways = []
+    if windows > 1 and (least := -(-(length - 1 - context) // (windows - 1))) <= context:
+        ways.append(f"score_stride >= {least:,}")
+    ways.append(f"a text of at most {context + 1 + (windows - 1) * stride:,} tokens")
+    return " or ".join(["use " + ways[0], *ways[1:]])

@@ -33,20 +33,24 @@ class ErrorResponse(BaseModel):
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type="invalid_request_error", param=None, code=None):
+    def __init__(
+        self, status: int, message: str, type="invalid_request_error", param=None, code=None, headers=None
+    ):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
         self.body = ErrorResponse(error=ErrorBody(message=message, type=type, param=param, code=code))
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse(self.body.model_dump(), status_code=self.status, headers=headers)
+        return JSONResponse(self.body.model_dump(), status_code=self.status, headers=headers or self.headers)
 
 
 WHY = {
-    400: "A setting out of range, a prompt longer than the context, token ids outside the vocabulary, "
-    "more completions than the queue holds, malformed JSON or wrong types",
+    400: "A setting out of range or of the wrong type, or malformed JSON; and two rules no JSON Schema "
+    "can state: a prompt longer than the model's context in tokens (unless truncate_prompt_tokens or "
+    "score_stride is set), more completions (prompts x n) than the server queues at once",
     401: "A missing or wrong API key",
-    413: "A body over the size limit",
+    413: "A body over the size limit, or scoring that would make the model compute more token positions "
+    "(windows x context) than the server's cap: the message gives the score_stride or text length that fits",
     429: "The queue is full: retry later",
     500: "Decoding failed, or an unexpected fault (its request id finds the traceback in the server's log)",
     503: "The model is still loading, or could not be loaded",
@@ -80,14 +84,20 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return APIError(exc.status_code, str(exc.detail), code=code).response(headers=exc.headers)
 
 
-async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-    """Any other exception: a 500 in the same shape, never Starlette's plain text. Its traceback is
-    logged under a request id that the body and the X-Request-Id header give the client."""
+def internal_error(request: Request, exc: BaseException) -> APIError:
+    """A fault nothing else names (a failed decoding step, a bug): a 500 in the same shape, its
+    traceback logged under a request id that the body and the X-Request-Id header give the client."""
     request_id = uuid.uuid4().hex[:16]
     log.error("request %s (%s %s) failed", request_id, request.method, request.url.path, exc_info=exc)
     message = f"internal server error (request id {request_id}): the server's log holds its traceback"
-    error = APIError(500, message, type="server_error", code="internal_error")
-    return error.response(headers={"X-Request-Id": request_id})
+    return APIError(
+        500, message, type="server_error", code="internal_error", headers={"X-Request-Id": request_id}
+    )
+
+
+async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """Any other exception: never Starlette's plain-text 500."""
+    return internal_error(request, exc).response()
 
 
 HANDLERS = {

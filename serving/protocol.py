@@ -32,6 +32,10 @@ class Limits:
     max_tokens: int = 2048  # per request
     max_n: int = 8
     max_body_bytes: int = 1_000_000
+    # token positions (windows x context) one request's scoring may make the model compute: the page's
+    # longest call (200,000 characters) at its stride of half the context needs about 100,000 (400,000
+    # with the char tokenizer); a million take the demo's model about a minute on 2 cores
+    max_score_positions: int = 1_000_000
 
 
 # Requests
@@ -77,7 +81,7 @@ class Sampling(BaseModel):
     stop: StrictStr | list[StrictStr] | None = Field(
         None, json_schema_extra={"minLength": 1, "maxItems": 4, "items": {"minLength": 1}}
     )
-    seed: Annotated[StrictInt, Field(ge=-(2**63), lt=SEEDS), BeforeValidator(integral)] | None = None
+    seed: Annotated[StrictInt, Field(ge=-(2**63), le=SEEDS - 1), BeforeValidator(integral)] | None = None
     # keep only the last k tokens of the prompt
     truncate_prompt_tokens: Annotated[StrictInt, Field(ge=1), BeforeValidator(integral)] | None = None
     ignore_eos: StrictBool = False  # generate max_tokens even past <|endoftext|> (as vLLM)
@@ -103,7 +107,10 @@ class Sampling(BaseModel):
         return prompt
 
     def check(self, limits: Limits) -> None:
-        """The limits the server was started with."""
+        """The limits the server was started with; a max_tokens not sent is the default, or the cap
+        when that is lower (as the spec's default says)."""
+        if "max_tokens" not in self.model_fields_set:
+            self.max_tokens = min(self.max_tokens, limits.max_tokens)
         if self.max_tokens > limits.max_tokens:
             raise APIError(
                 400,
@@ -135,7 +142,11 @@ class CompletionRequest(Sampling):
                 {
                     "if": {"properties": {"score_stride": {"type": "integer"}}, "required": ["score_stride"]},
                     "then": {
-                        "properties": {"echo": {"const": True}, "max_tokens": {"const": 0}},
+                        "properties": {
+                            "echo": {"const": True},
+                            "logprobs": {"type": "integer"},
+                            "max_tokens": {"const": 0},
+                        },
                         "required": ["echo", "logprobs", "max_tokens"],
                     },
                 },
@@ -276,9 +287,18 @@ class GenerateResponse(BaseModel):
     generated_text: str
 
 
-def complete_spec(spec: dict[str, Any], limits: Limits) -> None:
+@dataclass
+class Served:
+    """What the spec says of the loaded model: its context and vocabulary, in tokens."""
+
+    context: int
+    vocab_size: int
+
+
+def complete_spec(spec: dict[str, Any], limits: Limits, max_queue: int, model: Served | None) -> None:
     """What FastAPI's spec cannot say from the models alone: no 422 (a body that does not validate
-    is answered 400), the caps this server was started with, and the events of a stream."""
+    is answered 400), the caps this server was started with and its model's bounds (once loaded),
+    and the events of a stream."""
     for operations in spec["paths"].values():
         for operation in operations.values():
             operation["responses"].pop("422", None)
@@ -286,9 +306,51 @@ def complete_spec(spec: dict[str, Any], limits: Limits) -> None:
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     for name in ("CompletionRequest", "GenerateRequest"):
-        schemas[name]["properties"]["max_tokens"]["maximum"] = limits.max_tokens
-    schemas["CompletionRequest"]["properties"]["n"]["maximum"] = limits.max_n
+        properties = schemas[name]["properties"]
+        properties["max_tokens"]["maximum"] = limits.max_tokens
+        properties["max_tokens"]["default"] = min(properties["max_tokens"]["default"], limits.max_tokens)
+        # exact integers: pydantic writes these bounds as floats, which miss them by thousands
+        properties["seed"]["anyOf"][0].update(minimum=-(2**63), maximum=SEEDS - 1)
+    request = schemas["CompletionRequest"]
+    request["properties"]["n"]["maximum"] = limits.max_n
+    _, texts, _, id_lists = request["properties"]["prompt"]["anyOf"]
+    texts["maxItems"] = id_lists["maxItems"] = max_queue  # each prompt is at least one completion
+    if model is not None:
+        bound_prompts(request, model)
+    operation = spec["paths"]["/v1/completions"]["post"]
+    operation["description"] += (
+        f" This server queues {max_queue} completions at once and scores at most "
+        f"{limits.max_score_positions:,} token positions (windows x context) per request"
+        + (f"; its model's context is {model.context} tokens." if model else ".")
+    )
     event = CompletionEvent.model_json_schema(ref_template="#/components/schemas/{model}")
     for name, schema in event.pop("$defs").items():  # CompletionChunk, and any FastAPI left out
         schemas.setdefault(name, schema)
     schemas["CompletionEvent"] = event  # what EVENT_STREAM refers to
+
+
+def bound_prompts(request: dict[str, Any], model: Served) -> None:
+    """Token ids within the vocabulary; score_stride within the context; and, unless score_stride
+    or truncate_prompt_tokens is set, prompts of token ids no longer than the context."""
+    properties = request["properties"]
+    properties["score_stride"]["anyOf"][0]["maximum"] = model.context
+    text, texts, ids, id_lists = properties["prompt"]["anyOf"]
+    ids["items"] = id_lists["items"]["items"] = {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": model.vocab_size - 1,
+    }
+    within = {**ids, "maxItems": model.context}
+    lists_within = {**id_lists, "items": {**id_lists["items"], "maxItems": model.context}}
+    request["allOf"].append(
+        {
+            "if": {
+                "anyOf": [
+                    {"properties": {name: {"type": "integer"}}, "required": [name]}
+                    for name in ("score_stride", "truncate_prompt_tokens")
+                ]
+            },
+            "then": {},
+            "else": {"properties": {"prompt": {"anyOf": [text, texts, within, lists_within]}}},
+        }
+    )

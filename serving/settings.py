@@ -28,7 +28,7 @@ class Settings:
 
 def parse_args(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(
-        description="Serve a fingpt bundle over HTTP (OpenAI-style completions)."
+        prog="fingpt-serve", description="Serve a fingpt bundle over HTTP (OpenAI-style completions)."
     )
     parser.add_argument("--model", default="models/latest", help="a bundle folder (or a checkpoint)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -47,12 +47,18 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--max-queue", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=2048, help="cap on max_tokens per request")
     parser.add_argument("--max-n", type=int, default=8, help="cap on n per request")
+    parser.add_argument(
+        "--max-score-positions",
+        type=int,
+        default=Limits.max_score_positions,
+        help="cap on the token positions (windows x context) one request's scoring may compute",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take")
     args = parser.parse_args(argv)
     if not Path(args.model).exists():
         parser.error(f"--model {args.model} does not exist: train and export one first (make demo)")
-    for name in ("max_batch_size", "max_queue", "max_tokens", "max_n", "timeout"):
-        if getattr(args, name) <= 0:
+    for name in ("max_batch_size", "max_queue", "max_tokens", "max_n", "max_score_positions", "timeout"):
+        if not getattr(args, name) > 0:  # nan too
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     return Settings(
         model=args.model,
@@ -63,7 +69,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         max_batch_size=args.max_batch_size,
         max_queue=args.max_queue,
         timeout=args.timeout,
-        limits=Limits(max_tokens=args.max_tokens, max_n=args.max_n),
+        limits=Limits(
+            max_tokens=args.max_tokens, max_n=args.max_n, max_score_positions=args.max_score_positions
+        ),
         host=args.host,
         port=args.port,
     )

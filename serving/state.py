@@ -17,6 +17,7 @@ from serving.completions import Completions
 from serving.engine import Engine
 from serving.errors import APIError
 from serving.metrics import Metrics
+from serving.protocol import Served
 from serving.settings import Settings
 
 log = logging.getLogger("fingpt.serve")
@@ -53,8 +54,16 @@ class ServerState:
             return on_failure(e)
         self.model_id = model.card.name or Path(settings.model).resolve().name
         self.loaded, self.engine = model, engine
-        self.completions = Completions(model, engine, self.model_id, settings.timeout, self.metrics)  # ready
+        self.completions = Completions(  # ready
+            model, engine, self.model_id, settings.timeout, settings.limits.max_score_positions, self.metrics
+        )
         log.info("serving %s on %s", settings.model, device)
+
+    def served(self) -> Served | None:
+        """What the spec says of the model, once it is loaded."""
+        if (loaded := self.loaded) is None:
+            return None
+        return Served(context=loaded.model.config.block_size, vocab_size=loaded.tokenizer.vocab_size)
 
     def ready(self) -> Completions:
         if self.error is not None:

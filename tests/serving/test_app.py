@@ -383,3 +383,76 @@ def test_score_stride_scores_a_long_call_in_one_request_as_fingpt_evaluate_does(
     assert -sum(logprobs["token_logprobs"][1:]) == pytest.approx(expected.nll, rel=1e-5)
     bpb = -sum(logprobs["token_logprobs"][1:]) / math.log(2) / len(text.encode())
     assert bpb == pytest.approx(expected.bpb, rel=1e-5)
+
+
+def test_cors_answers_only_the_allowed_origins(bundle):
+    from serving.testing import asgi_client
+
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    allowed, other = {"Origin": "http://localhost:8501"}, {"Origin": "http://elsewhere.example"}
+    with asgi_client(bundle, cors_origins=["http://localhost:8501"]) as c:
+        answer = c.options("/v1/completions", headers={**allowed, **preflight})
+        assert answer.status_code == 200
+        assert {k: v for k, v in answer.headers.items() if k.startswith("access-control-")} == {
+            "access-control-allow-origin": "http://localhost:8501",
+            "access-control-allow-methods": "GET, POST",
+            "access-control-allow-headers": "Accept, Accept-Language, Authorization, Content-Language, "
+            "Content-Type",
+            "access-control-max-age": "600",
+        }
+        assert (
+            c.get("/health", headers=allowed).headers["access-control-allow-origin"]
+            == "http://localhost:8501"
+        )
+        refused = c.options("/v1/completions", headers={**other, **preflight})
+        assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
+        assert "access-control-allow-origin" not in c.get("/health", headers=other).headers
+    with asgi_client(bundle) as c:  # no --cors-origin: no CORS at all
+        answer = c.options("/v1/completions", headers={**allowed, **preflight})
+        assert answer.status_code == 405 and "access-control-allow-origin" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--model", "no/such/bundle"],
+            "--model no/such/bundle does not exist: train and export one first (make demo)",
+        ),
+        (["--max-batch-size", "0"], "--max-batch-size must be positive, got 0"),
+        (["--max-queue", "-1"], "--max-queue must be positive, got -1"),
+        (["--max-tokens", "0"], "--max-tokens must be positive, got 0"),
+        (["--max-n", "0"], "--max-n must be positive, got 0"),
+        (["--max-score-positions", "0"], "--max-score-positions must be positive, got 0"),
+        (["--timeout", "0"], "--timeout must be positive, got 0.0"),
+        (["--timeout", "nan"], "--timeout must be positive, got nan"),
+        (["--port", "http"], "argument --port: invalid int value: 'http'"),
+        (
+            ["--dtype", "float8"],
+            "argument --dtype: invalid choice: 'float8' (choose from 'auto', 'float32', 'bfloat16', "
+            "'float16', 'int8')",
+        ),
+    ],
+)
+def test_each_bad_flag_ends_fingpt_serve_with_its_message_and_status_2(bundle, capsys, flags, message):
+    from serving.settings import parse_args
+
+    with pytest.raises(SystemExit) as exit:
+        parse_args(["--model", str(bundle), *flags])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"fingpt-serve: error: {message}"
+
+
+def test_the_flags_make_the_settings(bundle):
+    from serving.protocol import Limits
+    from serving.settings import Settings, parse_args
+
+    flags = (
+        "--max-tokens 64 --max-n 2 --max-score-positions 5000 --timeout 7.5 --cors-origin a --cors-origin b"
+    )
+    assert parse_args(["--model", str(bundle), *flags.split()]) == Settings(
+        model=str(bundle),
+        cors_origins=["a", "b"],
+        timeout=7.5,
+        limits=Limits(max_tokens=64, max_n=2, max_score_positions=5000),
+    )

@@ -142,3 +142,28 @@ def test_an_unexpected_fault_answers_500_in_the_error_shape_with_an_id_for_its_t
     (record,) = [r for r in caplog.records if request_id in r.getMessage()]
     assert record.getMessage() == f"request {request_id} (POST /v1/completions) failed"
     assert record.exc_info[1].args == ("injected fault",)
+
+
+def test_fingpt_serve_starts_answers_and_stops_cleanly_on_sigterm(bundle):
+    import signal
+    import subprocess
+    import sys
+
+    from serving.testing import free_port, wait_for_health
+    from tests.helpers import ROOT
+
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "serving.app", "--model", str(bundle), "--port", url.rsplit(":", 1)[1]]
+    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for_health(lambda path: httpx.get(url + path), timeout=120).status_code == 200
+        completion = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 4}, timeout=30)
+        assert completion.status_code == 200 and completion.json()["usage"]["completion_tokens"] <= 4
+        server.send_signal(signal.SIGTERM)
+        _, log = server.communicate(timeout=30)
+    finally:
+        server.kill()
+    # uvicorn shuts down gracefully, then ends by the signal it was sent, as a supervisor expects
+    assert server.returncode == -signal.SIGTERM
+    assert "Application shutdown complete." in log and "Finished server process" in log
+    assert "Traceback" not in log and "ERROR" not in log
