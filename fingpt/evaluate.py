@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from fingpt.checkpoint import load_model
-from fingpt.cli import user_errors
+from fingpt.cli import run_hydra, user_errors
 from fingpt.config import CONF_DIR
 from fingpt.devices import dtype_of, resolve_device, resolve_dtype
 from fingpt.errors import DataError
@@ -57,6 +57,8 @@ def score(
     stride = block_size // 2 if stride is None else stride
     if not isinstance(stride, int) or not 0 < stride <= block_size:
         raise ValueError(f"stride must be in [1, block_size={block_size}], got {stride}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
     counted = {"calls": 0, "bytes": 0}
 
     def every_window() -> Iterator[tuple[list[int], list[int]]]:
@@ -111,7 +113,7 @@ def main() -> None:
             f"bytes {result.bytes:,}  calls {result.calls:,}"
         )
 
-    run()
+    run_hydra(run)
 
 
 if __name__ == "__main__":

@@ -121,10 +121,14 @@ class GPTLitModule(L.LightningModule):
             logger.experiment.add_text("sample", f"**{sample['prompt']}**{completion}", self.global_step)
 
     def configure_optimizers(self):
-        from fingpt.config import instantiate
+        from fingpt.config import check, instantiate
 
         fused = fused_optimizer(self.trainer.precision)
-        optimizer = instantiate(self.hparams.optimizer)(self.model, fused=fused)  # conf/optimizer: a factory
+        factory = instantiate(self.hparams.optimizer)  # conf/optimizer: a factory
+        try:
+            optimizer = factory(self.model, fused=fused)
+        except TypeError as e:  # a value of the wrong type: optimizer.lr=abc
+            raise ValueError(f"optimizer: {e}: {check('optimizer')}") from e
         schedule = instantiate(self.hparams.scheduler)  # conf/scheduler: (step, progress) -> multiplier
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: schedule(step, self.progress(step))

@@ -13,6 +13,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from fingpt.cli import user_errors
 from fingpt.export import point_latest
 from fingpt.runs import RESULT
 
@@ -67,11 +68,41 @@ def write_tables(path: Path, columns: tuple[str, ...], rows: list[dict], markdow
     path.with_suffix(".md").write_text("\n".join(markdown) + "\n")
 
 
+def check_storage(url: str) -> None:
+    """A ValueError naming hydra.sweeper.storage when it is not a database URL SQLAlchemy can
+    open, or its database's driver is not installed (before the sweeper tries, with a trace)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    examples = "sqlite:///lightning_logs/optuna.db, or postgresql://user:password@host/fingpt"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            f"hydra.sweeper.storage={url} is not a database URL: give one such as {examples}"
+        ) from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        create_engine(parsed).dispose()  # loads the dialect and its driver; connects to nothing
+    except NoSuchModuleError:
+        raise ValueError(
+            f"hydra.sweeper.storage={shown}: no database {parsed.drivername!r}: give one such as {examples}"
+        ) from None
+    except ImportError as e:
+        raise ValueError(
+            f"hydra.sweeper.storage={shown}: its driver is not installed ({e}): pip install it "
+            "(psycopg2-binary for postgresql, pymysql for mysql+pymysql), or use sqlite:///PATH"
+        ) from None
+
+
 def open_storage(url: str, attempts: int = 10) -> None:
     """Create an Optuna database's tables if it has none. Processes that start at once on a new
     database race to create them; the losers fail (table exists, duplicate version row) and retry."""
     from optuna.storages import RDBStorage
     from sqlalchemy.exc import SQLAlchemyError
+
+    check_storage(url)
 
     if url.startswith("sqlite:///"):  # SQLite creates the file, not its folder
         Path(url.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +172,8 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         storage = OmegaConf.select(config, "hydra.sweeper.storage")
         if storage:  # before the sweeper opens it
-            open_storage(storage)
+            with user_errors():  # Hydra would make the error a warning, then the sweeper a trace
+                open_storage(storage)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

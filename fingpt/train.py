@@ -18,24 +18,29 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from fingpt.cli import user_errors
+from fingpt.checkpoint import read_checkpoint
+from fingpt.cli import run_hydra, user_errors
 from fingpt.config import CONF_DIR, instantiate
-from fingpt.data.datamodule import TranscriptDataModule
 from fingpt.data.prepare import prepare
 from fingpt.export import export, export_hf, point_latest
 from fingpt.hf import hf_family
-from fingpt.lit_module import GPTLitModule
 from fingpt.runs import BEST, Run, newest_last
+
+# Lightning is imported where it is used, not here: its import takes about 8 s, and a mistake on
+# the command line (an option that does not exist, a folder that cannot be written) is told first
+if TYPE_CHECKING:
+    import lightning as L
+
+    from fingpt.data.datamodule import TranscriptDataModule
+    from fingpt.lit_module import GPTLitModule
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ def resolve_checkpoint(ckpt_path: str | None, log_dir: Path, run_dir: Path) -> P
         path = Run(path).last
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: {path} does not exist")
+    read_checkpoint(path, mmap=True)  # a foreign or truncated file is refused now, not by Lightning
     return path
 
 
@@ -88,6 +94,9 @@ def choose_precision(cfg: DictConfig) -> None:
 
 def build(cfg: DictConfig) -> tuple[GPTLitModule, TranscriptDataModule]:
     """The prepared data (prepared now unless cached), its batches and the module that trains on them."""
+    from fingpt.data.datamodule import TranscriptDataModule
+    from fingpt.lit_module import GPTLitModule
+
     data = prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir)
     manifest = data.manifest
     model_config = instantiate(cfg.model, vocab_size=manifest["vocab_size"])
@@ -119,6 +128,8 @@ def build(cfg: DictConfig) -> tuple[GPTLitModule, TranscriptDataModule]:
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The trainer, its checkpoints where fingpt.runs keeps them: the monitored one best.ckpt."""
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     for callback in callbacks:
         if isinstance(callback, ModelCheckpoint):  # real path: as Lightning compares it on resume
@@ -133,6 +144,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
 def log_final_score(cfg: DictConfig, trainer: L.Trainer, metrics: dict) -> None:
     """The run's hyperparameters with its final score, for TensorBoard's HParams tab."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
     hparams = OmegaConf.to_container(cfg, resolve=True)
     hparams = {k: hparams[k] for k in ("model", "optimizer", "scheduler", "seed", "compile")} | {
         "data": cfg.data.name,
@@ -172,9 +185,13 @@ def export_run(cfg: DictConfig, best: str, output_dir: Path) -> dict:
 def train(cfg: DictConfig) -> float:
     """Build the module, fit it, score its best checkpoint on all of validation, log the final
     hyperparameters, export, and write result.json. Returns that val/bpb, which sweeps minimize."""
+    import lightning as L
+
     start = time.time()
     if cfg.export.format not in ("bundle", "hf", "none"):
         raise ValueError(f"export.format must be bundle, hf or none, got {cfg.export.format!r}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
     L.seed_everything(cfg.seed, workers=True)
     resume = resolve_checkpoint(cfg.ckpt_path, Path(cfg.paths.log_dir), Path(cfg.paths.output_dir))
     if resume is not None:  # keep writing into the resumed run's folder: one curve, one run
@@ -214,6 +231,10 @@ def train(cfg: DictConfig) -> float:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float:
-    with user_errors():
+def run(cfg: DictConfig) -> float:
+    with user_errors():  # in the job: a sweep's job in its own process (hydra/launcher=local) too
         return train(cfg)
+
+
+def main() -> None:
+    run_hydra(run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fingpt.checkpoint import LoadedModel
+from fingpt.cli import user_errors
 from serving.errors import HANDLERS, APIError, errors
 from serving.middleware import BodyLimit, RequestMetrics
 from serving.protocol import (
@@ -150,6 +152,16 @@ def create_app(
     return app
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here rather than by uvicorn: a port in use or a host that does
+    not resolve ends in one line, not in uvicorn's log and exit status 3."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as e:  # a negative errno is the resolver's: the host name is not known
+        why = os.strerror(e.errno) if e.errno and e.errno > 0 else "no such host"
+        raise ValueError(f"cannot listen on {host}:{port} ({why}): give another --host or --port") from e
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
@@ -161,9 +173,11 @@ def main(argv: list[str] | None = None) -> None:
         failure.append(e)
         server.should_exit = True
 
+    with user_errors():
+        sock = listen(settings.host, settings.port)
     app = create_app(settings, on_load_failure=stop)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
-    server.run()
+    server.run(sockets=[sock])
     if failure:
         print(f"error: {failure[0]}", file=sys.stderr)
         sys.exit(2)

@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     if not Path(args.model).exists():
         parser.error(f"--model {args.model} does not exist: train and export one first (make demo)")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be in 0-65535, got {args.port}")
     for name in ("max_batch_size", "max_queue", "max_tokens", "max_n", "max_score_positions", "timeout"):
         if not getattr(args, name) > 0:  # nan too
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")

@@ -58,3 +58,21 @@ class ValidationCounter(Callback):
 def read_records(path: Path, rank: int = 0) -> list[dict]:
     file = path.with_suffix(f".rank{rank}.jsonl")
     return [json.loads(line) for line in file.read_text().splitlines()]
+
+
+class FakeClock:
+    """Stands in for the `time` module of Lightning's Timer: a clock that ClockTick moves."""
+
+    now = 0.0
+
+    @classmethod
+    def monotonic(cls) -> float:
+        return cls.now
+
+
+class ClockTick(Callback):
+    """Moves FakeClock one second on at each training step, before the Timer looks at it: a time
+    budget of N seconds is then N steps on any machine."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        FakeClock.now += 1.0

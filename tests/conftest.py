@@ -26,6 +26,7 @@ def private_folders(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FINGPT_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
         patch.setenv("FINGPT_DATA_DIR", str(DATA_DIR))
+        patch.setenv("HYDRA_FULL_ERROR", "1")  # as every command line sets it (fingpt.cli.run_hydra)
         yield
 
 

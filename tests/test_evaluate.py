@@ -82,3 +82,22 @@ def test_the_cli_takes_model_equals_path_and_prints_bpb(trained_run, tmp_path, c
     assert run(*calls) == 2
     missing = "error: which model? add model=PATH (a bundle, a run folder or a .ckpt)\n"
     assert capsys.readouterr().err == missing
+
+
+def test_the_cli_scores_one_split_and_sweeps_with_m(trained_run, tmp_path, capsys, monkeypatch):
+    """split=validation scores that split's calls only; -m runs one evaluation per value."""
+    loaded = load_model(trained_run)
+    cfg = compose("evaluate", [f"model_path={trained_run}", "data=cc_by_sa"])
+    texts = list(Corpus(cfg.data).texts("validation"))
+    assert 0 < len(texts) < len(list(Corpus(cfg.data).texts()))
+    expected = {s: score(loaded.model, loaded.tokenizer, texts, stride=s) for s in (8, 16)}
+    argv = ["fingpt-evaluate", "-m", f"model={trained_run}", "data=cc_by_sa", f"paths.log_dir={tmp_path}"]
+    argv += ["split=validation"]
+    monkeypatch.setattr(sys, "argv", [*argv, "stride=8,16"])
+    main()
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("bpb ")]
+    assert printed == [
+        f"bpb {e.bpb:.4f}  perplexity {e.perplexity:.2f}  tokens {e.tokens:,}  bytes {e.bytes:,}  "
+        f"calls {len(texts)}"
+        for e in expected.values()
+    ]

@@ -77,4 +77,6 @@ class Corpus:
 
     def texts(self, split: str | None = None) -> Iterator[str]:
         """The texts of one split's calls; None: of every call."""
+        if split not in (None, *SPLITS):
+            raise DataError(f"split must be one of {', '.join(SPLITS)} (or null: every call), got {split!r}")
         return (doc.text for s, doc in self if split in (None, s))

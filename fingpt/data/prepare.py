@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from fingpt.cli import user_errors
+from fingpt.cli import run_hydra, user_errors
 from fingpt.config import CONF_DIR
 from fingpt.data.corpus import SPLITS, Corpus
 from fingpt.errors import DataError
@@ -90,7 +90,7 @@ class ShardWriter:
 
 def _build_tokenizer(tokenizer_cfg: DictConfig, corpus: Corpus) -> Tokenizer:
     """Load the given tokenizer file, or train one on the training split only."""
-    from fingpt.config import instantiate
+    from fingpt.config import check, instantiate
 
     if tokenizer_cfg.get("path"):
         return load_tokenizer(tokenizer_cfg.path)
@@ -99,8 +99,8 @@ def _build_tokenizer(tokenizer_cfg: DictConfig, corpus: Corpus) -> Tokenizer:
         return train(corpus.texts("train"))
     except DataError:  # the corpus's own, raised as the tokenizer reads it
         raise
-    except ValueError as e:  # a setting out of range, e.g. vocab_size
-        raise DataError(f"tokenizer: {e}") from e
+    except (ValueError, TypeError) as e:  # a setting out of range or of the wrong type: vocab_size
+        raise DataError(f"tokenizer: {e}: {check('tokenizer')}") from e
 
 
 def fingerprint(data: DictConfig, tokenizer_cfg: DictConfig, corpus: Corpus) -> str:
@@ -193,7 +193,7 @@ def main() -> None:
         with user_errors():
             print(prepare(cfg.data, cfg.tokenizer, cfg.paths.cache_dir).folder)
 
-    run()
+    run_hydra(run)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The page (ui/app.py) in Streamlit's AppTest, against live servers on the tiny bundle."""
 
+import csv
+import io
 import math
 from html import escape
 
@@ -293,7 +295,7 @@ def test_score_a_call_shows_fingpt_evaluates_bits_per_byte_and_ranks_sentences(s
     from fingpt.checkpoint import load_model
     from fingpt.evaluate import score
     from ui.client import Client
-    from ui.score import sentences, tokens
+    from ui.score import scores_csv, sentences, tokens
 
     at = score_on_the_page(page(server.url), CALL * 3)  # several windows of the 32-token context
     loaded = load_model(bundle)
@@ -310,6 +312,18 @@ def test_score_a_call_shows_fingpt_evaluates_bits_per_byte_and_ranks_sentences(s
     # every token counts in exactly one sentence's mean
     assert sum(s.tokens for s in ranked) == len(scored)
     assert sum(s.bits * s.tokens for s in ranked) == pytest.approx(sum(t.bits for t in scored))
+    # the CSV to download: a row per token, its text, place and figures as the page computed them
+    rows = list(csv.DictReader(io.StringIO(scores_csv(scored))))
+    assert [(int(r["index"]), r["token"], int(r["offset"])) for r in rows] == [
+        (i, t.text, t.offset) for i, t in enumerate(scored)
+    ]
+    assert "".join(r["token"] for r in rows) == CALL * 3  # the whole call, token by token
+    for row, t in zip(rows, scored, strict=True):
+        assert float(row["logprob"]) == pytest.approx(t.logprob, abs=5e-7)
+        assert float(row["surprisal_bits"]) == pytest.approx(t.bits, abs=5e-5)
+        assert float(row["probability"]) == pytest.approx(math.exp(t.logprob), rel=1e-5)
+        alternatives = dict(a.rsplit("=", 1) for a in row["top_alternatives"].split("; ")) if t.top else {}
+        assert {k: float(v) for k, v in alternatives.items()} == pytest.approx(t.top, abs=5e-5)
 
 
 @pytest.mark.parametrize(
