@@ -276,6 +276,8 @@ def answers(places):
 
 @pytest.mark.parametrize(("case_id", "line", "error"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_ends_in_one_error_line_and_exit_2(answers, case_id, line, error):
+    if "cuda" in line and torch.cuda.is_available():
+        pytest.skip("torch sees a CUDA GPU here")
     done, places = answers
     proc = done[case_id]
     errors = [text for text in proc.stderr.splitlines() if "error:" in text.lower()]
