@@ -81,10 +81,14 @@ def explain(status: int, error: dict, has_key: bool) -> ServerError:
         )
     if status == 400:
         return ServerError(f"The server rejected the settings: {message}")
+    if code == "too_many_positions":
+        return ServerError(f"The call is too long to score on this server: {message}.")
     if status == 413:
         return ServerError(f"The prompt is too large: {message}.")
     if status == 504:
-        return ServerError(f"The server stopped the generation: {message}. Ask for fewer tokens.")
+        return ServerError(
+            f"The server ran out of time: {message}. Ask for fewer tokens, or score a shorter text."
+        )
     return ServerError(f"The server failed ({status}): {message}")
 
 

@@ -41,7 +41,7 @@ def full_server(bundle):
 
 @pytest.fixture(scope="module")
 def capped_server(bundle):
-    with serve(bundle, limits=Limits(max_tokens=8)) as live:
+    with serve(bundle, limits=Limits(max_tokens=8, max_score_positions=64)) as live:
         yield live
 
 

@@ -338,6 +338,16 @@ def test_score_a_call_refuses_empty_or_too_long_text(server, page, text, message
     assert messages(at.error) == [message] and not at.metric
 
 
+def test_score_a_call_over_the_servers_cap_shows_its_advice(capped_server, page):
+    at = score_on_the_page(page(capped_server.url), CALL * 3)
+    body = {"prompt": "<|endoftext|>" + CALL * 3, "echo": True, "logprobs": 5, "max_tokens": 0}
+    refusal = httpx.post(f"{capped_server.url}/v1/completions", json=body | {"score_stride": 16})
+    assert refusal.status_code == 413 and refusal.json()["error"]["code"] == "too_many_positions"
+    advice = refusal.json()["error"]["message"]
+    assert messages(at.error) == [f"The call is too long to score on this server: {advice}."]
+    assert not at.metric
+
+
 def test_score_a_call_says_when_the_server_cannot_be_reached(closed_url, page):
     at = score_on_the_page(page(closed_url), CALL)
     assert any("Cannot reach the server" in m for m in messages(at.error))
