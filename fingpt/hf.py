@@ -8,7 +8,10 @@
   weights as (in, out), and a layout without biases gets zero biases);
 - rotary positions, RMSNorm, SwiGLU, no biases: Llama (`LlamaForCausalLM`), and with qk_norm
   Qwen3 (`Qwen3ForCausalLM`). Our rotary pairs are Llama's (x[i], x[i + d/2]), so q and k need
-  no permutation.
+  no permutation;
+- rotary positions, RMSNorm, ReLU², qk_norm, no biases (the demo's layout): Apertus
+  (`ApertusForCausalLM` with `hidden_act="relu2"`: a non-gated MLP, per-head q and k norms).
+  transformers runs it; vLLM's and llama.cpp's Apertus take only its xIELU activation.
 """
 
 from __future__ import annotations
@@ -29,13 +32,18 @@ def hf_family(config: GPTConfig) -> str:
             if getattr(config, name) == value:
                 raise ValueError(f"{name}={value} with learned positions has no Hugging Face family")
         return "gpt2"
-    if config.norm != "rmsnorm" or config.mlp != "swiglu":
+    if config.norm != "rmsnorm" or config.mlp not in ("swiglu", "relu2"):
         option = "norm=layernorm" if config.norm != "rmsnorm" else f"mlp={config.mlp}"
         raise ValueError(
-            f"{option} with rotary positions has no Hugging Face family (Llama: rmsnorm, swiglu)"
+            f"{option} with rotary positions has no Hugging Face family "
+            "(Llama, Qwen3: rmsnorm and swiglu; Apertus: rmsnorm, relu2 and qk_norm)"
         )
     if config.bias or config.qkv_bias:
         raise ValueError("biases with rotary positions have no Hugging Face family: set bias: false")
+    if config.mlp == "relu2":
+        if not config.qk_norm:
+            raise ValueError("mlp=relu2 without qk_norm has no Hugging Face family (Apertus has qk_norm)")
+        return "apertus"
     return "qwen3" if config.qk_norm else "llama"
 
 
@@ -54,6 +62,7 @@ def to_hf(model: GPT, eot_id: int) -> tuple[dict, dict[str, torch.Tensor]]:
         "tie_word_embeddings": config.tie_weights,
         "bos_token_id": eot_id,
         "eos_token_id": eot_id,
+        "pad_token_id": eot_id,  # Apertus's default (3) would be one of our ids
         "torch_dtype": "float32",
     }
     return hf_config, hf_state
@@ -94,9 +103,13 @@ def _gpt2_state(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict[str, 
     return out
 
 
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "apertus": "ApertusForCausalLM"}
+
+
 def _llama_config(config: GPTConfig, family: str) -> dict:
+    """Llama's config, and that of the families that extend it (Qwen3, Apertus)."""
     return {
-        "architectures": ["Qwen3ForCausalLM" if family == "qwen3" else "LlamaForCausalLM"],
+        "architectures": [ARCHITECTURES[family]],
         "model_type": family,
         "hidden_size": config.n_embd,
         "intermediate_size": config.mlp_hidden,
@@ -104,7 +117,7 @@ def _llama_config(config: GPTConfig, family: str) -> dict:
         "num_attention_heads": config.n_head,
         "num_key_value_heads": config.n_head,
         "head_dim": config.head_size,
-        "hidden_act": "silu",
+        "hidden_act": "relu2" if family == "apertus" else "silu",
         "max_position_embeddings": config.block_size,
         "rms_norm_eps": NORM_EPS,
         "rope_theta": config.rope_base,
@@ -114,24 +127,30 @@ def _llama_config(config: GPTConfig, family: str) -> dict:
     }
 
 
+NORMS = ("input_layernorm", "post_attention_layernorm")  # Llama's names for our ln_1 and ln_2
+
+
 def _llama_state(config: GPTConfig, family: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {"model.embed_tokens.weight": state["wte.weight"], "model.norm.weight": state["ln_f.weight"]}
+    norms = ("attention_layernorm", "feedforward_layernorm") if family == "apertus" else NORMS
     for i in range(config.n_layer):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
         q, k, v = state[ours + "attn.c_attn.weight"].chunk(3, dim=0)
-        gate, up = state[ours + "mlp.c_fc.weight"].chunk(2, dim=0)
         out |= {
-            theirs + "input_layernorm.weight": state[ours + "ln_1.weight"],
+            theirs + f"{norms[0]}.weight": state[ours + "ln_1.weight"],
             theirs + "self_attn.q_proj.weight": q,
             theirs + "self_attn.k_proj.weight": k,
             theirs + "self_attn.v_proj.weight": v,
             theirs + "self_attn.o_proj.weight": state[ours + "attn.c_proj.weight"],
-            theirs + "post_attention_layernorm.weight": state[ours + "ln_2.weight"],
-            theirs + "mlp.gate_proj.weight": gate,
-            theirs + "mlp.up_proj.weight": up,
+            theirs + f"{norms[1]}.weight": state[ours + "ln_2.weight"],
             theirs + "mlp.down_proj.weight": state[ours + "mlp.c_proj.weight"],
         }
-        if family == "qwen3":
+        if family == "apertus":  # down(relu2(up(x))): no gate
+            out[theirs + "mlp.up_proj.weight"] = state[ours + "mlp.c_fc.weight"]
+        else:  # SwiGLU: our c_fc holds the gate and up projections, stacked
+            gate, up = state[ours + "mlp.c_fc.weight"].chunk(2, dim=0)
+            out |= {theirs + "mlp.gate_proj.weight": gate, theirs + "mlp.up_proj.weight": up}
+        if config.qk_norm:
             out[theirs + "self_attn.q_norm.weight"] = state[ours + "attn.q_norm.weight"]
             out[theirs + "self_attn.k_norm.weight"] = state[ours + "attn.k_norm.weight"]
     if not config.tie_weights:

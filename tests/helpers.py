@@ -88,3 +88,28 @@ def umask_permissions(folder: Path) -> dict[str, int]:
     mask = os.umask(0)
     os.umask(mask)
     return {name: (0o777 if (folder / name).is_dir() else 0o666) & ~mask for name in permissions(folder)}
+
+
+def assert_transformers_matches(bundle: Path, hf_folder: Path, architecture: str) -> None:
+    """transformers loads `hf_folder` (offline, no custom code) as `architecture`, and gives the
+    bundle's logits within 1e-4 in float32 and its greedy tokens."""
+    import torch
+    import transformers
+
+    from fingpt.checkpoint import load_model
+    from fingpt.generation import SamplingParams, generate
+
+    ours = load_model(bundle)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder).eval()
+    assert type(hf_model).__name__ == architecture
+    idx = torch.randint(0, ours.model.config.vocab_size, (2, ours.model.config.block_size))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(idx).logits, ours.model(idx)[0], atol=1e-4, rtol=0)
+    prompt = ours.tokenizer.encode("Operator:")
+    new = ours.model.config.block_size - len(prompt)  # GPT-2's positions end at its context
+    greedy = SamplingParams(max_new_tokens=new, temperature=0.0, ignore_eos=True)
+    (completion,) = generate(ours.model, ours.tokenizer, [prompt], greedy)
+    hf_ids = hf_model.generate(
+        torch.tensor([prompt]), max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
+    )
+    assert new >= 28 and hf_ids[0, len(prompt) :].tolist() == completion.tokens

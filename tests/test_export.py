@@ -14,7 +14,7 @@ from fingpt.checkpoint import BUNDLE_FILES, load_model
 from fingpt.export import export, main
 from fingpt.files import sha256
 from fingpt.train import native_bfloat16, train
-from tests.helpers import ROOT, permissions, train_config, umask_permissions
+from tests.helpers import ROOT, assert_transformers_matches, permissions, train_config, umask_permissions
 
 
 def test_training_exported_its_best_checkpoint_and_pointed_latest_at_it(trained_run):
@@ -46,7 +46,13 @@ def test_a_bundle_gives_the_checkpoints_logits(trained_run, bundle):
 
 def test_the_demos_recipe_trains_compiled_and_exports_a_bundle_with_plain_names(tmp_path, cache_dir, capsys):
     """What make demo trains (experiment=cpu_demo: torch.compile, bf16-mixed, Muon, WSD), for 4 steps."""
-    demo = ["experiment=cpu_demo", "model=modern_tiny", "data=cc_by_sa", "trainer.max_time=null"]
+    demo = [
+        "experiment=cpu_demo",
+        "model=modern_tiny",
+        "data=cc_by_sa",
+        "trainer.max_time=null",
+        "export.format=hf",
+    ]
     steps = ["trainer.max_steps=4", "trainer.val_check_interval=2", "data.loader.val_windows=8"]
     cfg = train_config(tmp_path, cache_dir, [*demo, *steps])
     assert (cfg.compile, cfg.trainer.precision, cfg.model.mlp) == (True, "auto", "relu2")
@@ -69,6 +75,8 @@ def test_the_demos_recipe_trains_compiled_and_exports_a_bundle_with_plain_names(
     idx = torch.randint(0, from_bundle.model.config.vocab_size, (2, 16))
     with torch.no_grad():
         assert torch.equal(from_checkpoint.model(idx)[0], from_bundle.model(idx)[0])
+    # its layout (rotary, RMSNorm, ReLU², qk_norm) goes to transformers as Apertus
+    assert_transformers_matches(bundle, Path(result["hf"]), "ApertusForCausalLM")
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

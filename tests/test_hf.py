@@ -12,7 +12,7 @@ from fingpt.generation import SamplingParams, generate
 from fingpt.hf import hf_family, to_hf
 from fingpt.model import GPT, GPTConfig
 from fingpt.train import train
-from tests.helpers import train_config
+from tests.helpers import assert_transformers_matches, train_config
 
 SIZE = {"vocab_size": 97, "block_size": 32, "n_embd": 48, "n_head": 4, "n_layer": 2, "dropout": 0.0}
 FAMILIES = {
@@ -20,6 +20,7 @@ FAMILIES = {
     "gpt2 untied, no biases, relu": {"tie_weights": False, "bias": False, "mlp": "relu"},
     "llama": {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False, "rope_base": 500.0},
     "qwen3": {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False, "qk_norm": True},
+    "apertus": {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "relu2", "bias": False, "qk_norm": True},
 }
 
 
@@ -66,7 +67,8 @@ class ByteIds:
 @pytest.mark.parametrize(
     ("layout", "message"),
     [
-        ({"mlp": "relu2", "pos_emb": "rope", "norm": "rmsnorm", "bias": False}, "mlp=relu2"),
+        ({"mlp": "relu2", "pos_emb": "rope", "norm": "rmsnorm", "bias": False}, "mlp=relu2 without qk_norm"),
+        ({"mlp": "gelu", "pos_emb": "rope", "norm": "rmsnorm", "bias": False}, "mlp=gelu with rotary"),
         ({"logit_softcap": 15.0}, "logit_softcap"),
         ({"norm": "rmsnorm"}, "norm=rmsnorm"),
         ({"tie_weights": False}, "untied LM head with a bias"),
@@ -95,20 +97,7 @@ def monkeypatch_module():
 
 
 def test_transformers_loads_the_export_and_gives_fingpts_logits_and_greedy_tokens(bundle, hf_folder):
-    ours = load_model(bundle)
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder).eval()
-    assert type(hf_model).__name__ == "GPT2LMHeadModel"
-    idx = torch.randint(0, ours.model.config.vocab_size, (2, ours.model.config.block_size))
-    with torch.no_grad():
-        torch.testing.assert_close(hf_model(idx).logits, ours.model(idx)[0], atol=1e-4, rtol=0)
-    prompt = ours.tokenizer.encode("Operator:")
-    new = ours.model.config.block_size - len(prompt)  # GPT-2's positions end at its context
-    greedy = SamplingParams(max_new_tokens=new, temperature=0.0, ignore_eos=True)
-    (completion,) = generate(ours.model, ours.tokenizer, [prompt], greedy)
-    hf_ids = hf_model.generate(
-        torch.tensor([prompt]), max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
-    )
-    assert new >= 28 and hf_ids[0, len(prompt) :].tolist() == completion.tokens
+    assert_transformers_matches(bundle, hf_folder, "GPT2LMHeadModel")
 
 
 def test_the_exported_tokenizer_gives_fingpts_ids_on_real_calls(bundle, hf_folder, sample_calls):
