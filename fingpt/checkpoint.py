@@ -51,7 +51,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
 
 def load_bundle(folder: Path) -> LoadedModel:
     """Refuses a bundle with a missing or altered file, naming it."""
-    if not (folder / "card.json").is_file() and b'"architectures"' in _read(folder / "config.json"):
+    hf_config = folder / "config.json"
+    if (
+        not (folder / "card.json").is_file()
+        and hf_config.is_file()
+        and b'"architectures"' in hf_config.read_bytes()
+    ):
         raise ValueError(
             f"{folder} is a Hugging Face folder (for transformers), not a fingpt bundle: "
             "give the bundle it was exported from, or a .ckpt"
@@ -73,10 +78,6 @@ def load_bundle(folder: Path) -> LoadedModel:
     model.to(getattr(torch, card.dtype))
     tokenizer = tokenizer_from_json((folder / "tokenizer.json").read_text())
     return LoadedModel(model, tokenizer, card)
-
-
-def _read(path: Path) -> bytes:
-    return path.read_bytes() if path.is_file() else b""
 
 
 CHECKPOINT_KEYS = ("state_dict", "hyper_parameters", "tokenizer")  # what fingpt's training writes

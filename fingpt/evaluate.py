@@ -27,7 +27,7 @@ from fingpt.checkpoint import load_model
 from fingpt.cli import run_hydra, user_errors
 from fingpt.config import CONF_DIR
 from fingpt.devices import dtype_of, resolve_device, resolve_dtype
-from fingpt.errors import DataError
+from fingpt.errors import DataError, check_count
 from fingpt.generation import continue_text
 from fingpt.model import GPT
 from fingpt.quantize import to_dtype
@@ -57,8 +57,7 @@ def score(
     stride = block_size // 2 if stride is None else stride
     if not isinstance(stride, int) or not 0 < stride <= block_size:
         raise ValueError(f"stride must be in [1, block_size={block_size}], got {stride}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+    check_count("batch_size", batch_size)
     counted = {"calls": 0, "bytes": 0}
 
     def every_window() -> Iterator[tuple[list[int], list[int]]]:

@@ -12,7 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, get_worker_info
 
 from fingpt.data.prepare import Prepared
-from fingpt.errors import DataError
+from fingpt.errors import DataError, check_count
 
 
 class TokenShards:
@@ -122,16 +122,11 @@ class TranscriptDataModule(L.LightningDataModule):
         validation split and the same each time, so validation can run often; `trainer.validate`
         still scores every window. None: every window, always."""
         super().__init__()
-        for name, value, least in (
-            ("batch_size", batch_size, 1),
-            ("val_batch_size", val_batch_size, 1),
-            ("num_workers", num_workers, 0),
-            ("val_windows", val_windows, 1),
-        ):
-            if value is None and name in ("val_batch_size", "val_windows"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise DataError(f"data.loader.{name} must be an integer of at least {least}, got {value!r}")
+        check_count("data.loader.batch_size", batch_size)
+        check_count("data.loader.num_workers", num_workers, least=0)
+        for name, value in (("val_batch_size", val_batch_size), ("val_windows", val_windows)):
+            if value is not None:  # None: batch_size, and every window
+                check_count(f"data.loader.{name}", value)
         self.folder, self.manifest = data.folder, data.manifest
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.val_batch_size = val_batch_size or batch_size
