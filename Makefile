@@ -27,9 +27,11 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(BIN)/pip install --quiet $(TORCH) -e '.[serve,ui]'
 	touch $@
 
+# llama-cpp-python builds from source (pip keeps the wheel); CMAKE_ARGS=-DGGML_CUDA=on for a GPU
+CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 $(VENV)/.installed-dev: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(TORCH) -e '.[dev]'
+	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip install --quiet $(TORCH) -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
 # Every corpus that has a download (ECTSum, MAEC, Earnings-21/22) into FINGPT_DATA_DIR.

@@ -12,9 +12,13 @@
 3. aggregate tokens/s of 16 concurrent streams vs 1 through the HTTP server, with p50 and p99
    request latency, goal >= 6x;
 4. decoding far past the context: rotary positions, whose cache slides one token per step, vs
-   learned positions, whose cache is refilled every block_size / 4 tokens (context 256).
+   learned positions, whose cache is refilled every block_size / 4 tokens (context 256);
+5. llama.cpp as the peer, on the same weights (the demo's layout, exported by fingpt-export
+   --format gguf): single-stream greedy tokens/s, fingpt float32 vs llama.cpp f32 and fingpt int8
+   vs llama.cpp q8_0, at the demo's size (128/4/4, context 128) and at 384/6/6 (context 1024),
+   goal fingpt >= llama.cpp in both pairs.
 
-    python bench/serve.py [--n-embd 384 --n-head 6 --n-layer 6 --tokens 128] [--parts 04]
+    python bench/serve.py [--n-embd 384 --n-head 6 --n-layer 6 --tokens 128] [--parts 045]
         [--profile] [--threads 1]
     (needs '.[bench]')
 """
@@ -25,6 +29,7 @@ import argparse
 import asyncio
 import copy
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +42,7 @@ from torch.profiler import ProfilerActivity, profile
 from fingpt.card import Card
 from fingpt.checkpoint import LoadedModel
 from fingpt.generation import SamplingParams, generate
+from fingpt.gguf_export import write_gguf
 from fingpt.model import GPT, GPTConfig
 from fingpt.quantize import Int8Linear, to_dtype
 from fingpt.tokenizer import BPETokenizer
@@ -268,7 +274,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--tokens", type=int, default=128, help="tokens generated per request")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both models'")
-    parser.add_argument("--parts", default="01234", help="which of the five measurements to run")
+    parser.add_argument("--parts", default="012345", help="which of the six measurements to run")
     parser.add_argument("--repeats", type=int, default=5, help="alternating runs of part 0")
     parser.add_argument("--profile", action="store_true", help="part 0: where a step's time goes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -302,6 +308,8 @@ def main() -> None:
         over_http(model, tokenizer, args.tokens)
     if "4" in args.parts:
         slide_vs_refill(config, tokenizer, dtype)
+    if "5" in args.parts:
+        vs_llama_cpp(tokenizer, args.tokens, args.repeats)
 
 
 def single_stream(model: GPT, tokenizer, tokens: int) -> None:
@@ -334,6 +342,68 @@ def slide_vs_refill(config: GPTConfig, tokenizer, dtype: torch.dtype) -> None:
         f"   rotary, sliding a token per step {rope:.0f} tokens/s, learned, refilled {learned:.0f} tokens/s"
     )
     print(f"   = {rope / learned:.2f}x")
+
+
+DEMO_LAYOUT = {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "bias": False}
+PEER_SIZES = {
+    "the demo's size, 128/4/4, context 128": {"n_embd": 128, "n_head": 4, "n_layer": 4, "block_size": 128},
+    "384/6/6, context 1024": {"n_embd": 384, "n_head": 6, "n_layer": 6, "block_size": 1024},
+}
+
+
+def vs_llama_cpp(tokenizer, tokens: int, repeats: int) -> None:
+    print(f"5. llama.cpp on the same weights (the demo's layout), one stream, {tokens} tokens, greedy:")
+    print(f"   ms per token, best (slowest) of {repeats} alternating runs")
+    for label, size in PEER_SIZES.items():
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, dropout=0.0, **DEMO_LAYOUT, **size)).eval()
+        with torch.no_grad():  # zero-initialised projections would make a trivial model
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        ms, same = fingpt_and_llama_cpp(model, tokenizer, tokens, repeats)
+        print(
+            f"   {label}, {model.num_parameters() / 1e6:.1f}M parameters (same greedy tokens in f32: {same})"
+        )
+        for name, times in ms.items():
+            print(f"     {name:16s} {times[0]:6.2f} ({times[-1]:.2f}) ms = {1e3 / times[0]:5.0f} tokens/s")
+        for pair in (("fingpt float32", "llama.cpp f32"), ("fingpt int8", "llama.cpp q8_0")):
+            print(f"     {pair[0]} vs {pair[1]}: {ms[pair[1]][0] / ms[pair[0]][0]:.2f}x (goal >= 1.00x)")
+
+
+def fingpt_and_llama_cpp(model: GPT, tokenizer, tokens: int, repeats: int) -> tuple[dict, bool]:
+    """ms per token of each engine and dtype, greedy from the same prompt, alternating runs
+    (llama.cpp with its defaults, a float16 KV cache, on torch's thread count); and whether both
+    float32 engines chose the same tokens."""
+    import llama_cpp
+
+    prompt = tokenizer.encode(PROMPT)
+    greedy = SamplingParams(max_new_tokens=tokens, temperature=0.0, ignore_eos=True)
+    int8 = to_dtype(copy.deepcopy(model), "int8")
+    with tempfile.TemporaryDirectory() as tmp:
+        f32, q8_0 = (
+            llama_cpp.Llama(
+                str(write_gguf(model, tokenizer, Path(tmp) / f"{dtype}.gguf", dtype)),
+                n_ctx=model.config.block_size, n_threads=torch.get_num_threads(), verbose=False,
+            )
+            for dtype in ("float32", "q8_0")
+        )  # fmt: skip
+
+    def llama_generate(llm) -> list[int]:
+        out = []
+        for token in llm.generate(prompt, temp=0.0, reset=True):
+            out.append(token)
+            if len(out) == tokens:
+                return out
+
+    fns = {
+        "fingpt float32": lambda: generate(model, tokenizer, [prompt], greedy),
+        "llama.cpp f32": lambda: llama_generate(f32),
+        "fingpt int8": lambda: generate(int8, tokenizer, [prompt], greedy),
+        "llama.cpp q8_0": lambda: llama_generate(q8_0),
+    }
+    ms = {name: sorted(1e3 * t / tokens for t in times) for name, times in runs(fns, repeats).items()}
+    (completion,) = generate(model, tokenizer, [prompt], greedy)
+    return ms, completion.tokens == llama_generate(f32)
 
 
 if __name__ == "__main__":

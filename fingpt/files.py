@@ -27,12 +27,24 @@ def short_hash(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a file whole or not at all: into a temporary name of this process, then renamed."""
+@contextmanager
+def new_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary name of this process beside `path` to write; when the block ends without
+    error it is renamed to `path`, so a crash never leaves a half-written file under that name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text, encoding="utf-8")  # a plain open(): the umask's permissions, not 0600
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        default_permissions(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a file whole or not at all."""
+    with new_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 @contextmanager

@@ -10,11 +10,14 @@
   Qwen3 (`Qwen3ForCausalLM`). Our rotary pairs are Llama's (x[i], x[i + d/2]), so q and k need
   no permutation;
 - rotary positions, RMSNorm, ReLU², qk_norm, no biases (the demo's layout): Apertus
-  (`ApertusForCausalLM` with `hidden_act="relu2"`: a non-gated MLP, per-head q and k norms).
-  transformers runs it; vLLM's and llama.cpp's Apertus take only its xIELU activation.
+  (`ApertusForCausalLM`: a non-gated MLP, per-head q and k norms). Its activation is written as
+  xIELU, the one that vLLM's and llama.cpp's Apertus take, with parameters that make it ReLU²
+  (`XIELU_RELU2`), so one folder loads in transformers, vLLM and llama.cpp.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -22,7 +25,7 @@ from fingpt.model import GPT, NORM_EPS, GPTConfig
 
 
 def hf_family(config: GPTConfig) -> str:
-    """ "gpt2", "llama" or "qwen3"; a ValueError naming the option no family has."""
+    """ "gpt2", "llama", "qwen3" or "apertus"; a ValueError naming the option no family has."""
     if config.logit_softcap is not None:
         raise ValueError("logit_softcap has no Hugging Face equivalent: export a model without it")
     if not config.tie_weights and config.bias:
@@ -103,6 +106,11 @@ def _gpt2_state(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict[str, 
     return out
 
 
+# xIELU(x) = a_p x² + b x for x > 0, a_n (expm1(min(x, eps)) - x) + b x otherwise, where the
+# engines compute a_p = softplus(alpha_p) and a_n = b + softplus(alpha_n) from the stored values:
+# a_p = 1, b = 0 and a_n = softplus(-80) = 2e-35 make it ReLU² (x² for x > 0, else 0)
+XIELU_RELU2 = {"alpha_p": math.log(math.expm1(1.0)), "alpha_n": -80.0, "beta": 0.0, "eps": -1e-6}
+
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "apertus": "ApertusForCausalLM"}
 
 
@@ -117,7 +125,7 @@ def _llama_config(config: GPTConfig, family: str) -> dict:
         "num_attention_heads": config.n_head,
         "num_key_value_heads": config.n_head,
         "head_dim": config.head_size,
-        "hidden_act": "relu2" if family == "apertus" else "silu",
+        "hidden_act": "xielu" if family == "apertus" else "silu",
         "max_position_embeddings": config.block_size,
         "rms_norm_eps": NORM_EPS,
         "rope_theta": config.rope_base,
@@ -147,6 +155,9 @@ def _llama_state(config: GPTConfig, family: str, state: dict[str, torch.Tensor])
         }
         if family == "apertus":  # down(relu2(up(x))): no gate
             out[theirs + "mlp.up_proj.weight"] = state[ours + "mlp.c_fc.weight"]
+            shape = {"alpha_p": (1,), "alpha_n": (1,), "beta": (), "eps": ()}  # as transformers' XIELU
+            for name, value in XIELU_RELU2.items():
+                out[theirs + f"mlp.act_fn.{name}"] = torch.full(shape[name], value)
         else:  # SwiGLU: our c_fc holds the gate and up projections, stacked
             gate, up = state[ours + "mlp.c_fc.weight"].chunk(2, dim=0)
             out |= {theirs + "mlp.gate_proj.weight": gate, theirs + "mlp.up_proj.weight": up}

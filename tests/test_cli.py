@@ -208,7 +208,7 @@ ARGPARSE_CASES = [  # argparse's own: its usage, then one `prog: error:` line
         "export-no-such-dtype",
         "export {ckpt} --dtype int4",
         "fingpt-export: error: argument --dtype: invalid "
-        "choice: 'int4' (choose from 'float32', 'bfloat16', 'float16')",
+        "choice: 'int4' (choose from 'float32', 'bfloat16', 'float16', 'q8_0')",
     ),
 ]
 

@@ -135,7 +135,9 @@ def test_export_never_replaces_a_folder_that_is_not_a_bundle(trained_run, tmp_pa
     old = export(trained_run, tmp_path / "bundle")
     (old / "stale.txt").write_text("only in the old bundle")
     new = export(trained_run, tmp_path / "bundle", dtype="bfloat16")  # an old bundle is replaced
-    assert sorted(p.name for p in new.iterdir()) == sorted(BUNDLE_FILES)  # no stale.txt
+    assert sorted(p.name for p in new.iterdir()) == sorted(
+        [*BUNDLE_FILES, "tokenizer_config.json"]
+    )  # no stale.txt
     assert load_model(new).card.dtype == "bfloat16"
 
 

@@ -100,9 +100,10 @@ def test_transformers_loads_the_export_and_gives_fingpts_logits_and_greedy_token
     assert_transformers_matches(bundle, hf_folder, "GPT2LMHeadModel")
 
 
-def test_the_exported_tokenizer_gives_fingpts_ids_on_real_calls(bundle, hf_folder, sample_calls):
+@pytest.mark.parametrize("folder", ["hf export", "bundle"])  # every bundle is a tokenizer folder too
+def test_the_exported_tokenizer_gives_fingpts_ids_on_real_calls(bundle, hf_folder, sample_calls, folder):
     ours = load_model(bundle).tokenizer
-    theirs = transformers.AutoTokenizer.from_pretrained(hf_folder)
+    theirs = transformers.AutoTokenizer.from_pretrained(hf_folder if folder == "hf export" else bundle)
     assert theirs.bos_token == theirs.eos_token == "<|endoftext|>"
     assert theirs.eos_token_id == ours.eot_id
     for call in sample_calls[:3] + sample_calls[-2:]:  # MAEC's and Earnings-21/22's

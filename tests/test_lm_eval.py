@@ -61,10 +61,9 @@ def test_lm_eval_on_the_hf_export_gives_fingpt_evaluates_bits_per_byte(bundle, c
 
 
 def test_lm_eval_via_fingpt_serve_gives_fingpt_evaluates_bpb(bundle, calls, fingpt_bpb, tmp_path):
-    folder = export_hf(bundle, tmp_path / "hf")  # lm-eval cuts the windows with this tokenizer
-    with serve(bundle) as server:
+    with serve(bundle) as server:  # lm-eval cuts the windows with the bundle's own tokenizer folder
         model_args = (
-            f"base_url={server.url}/v1/completions,tokenizer={folder},"
+            f"base_url={server.url}/v1/completions,tokenizer={bundle},"
             "tokenizer_backend=huggingface,max_length=32"
         )
         scores = lm_eval("local-completions", model_args, calls, tmp_path / "out")
