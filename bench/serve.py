@@ -403,7 +403,9 @@ def fingpt_and_llama_cpp(model: GPT, tokenizer, tokens: int, repeats: int) -> tu
     }
     ms = {name: sorted(1e3 * t / tokens for t in times) for name, times in runs(fns, repeats).items()}
     (completion,) = generate(model, tokenizer, [prompt], greedy)
-    return ms, completion.tokens == llama_generate(f32)
+    same = completion.tokens == llama_generate(f32)
+    f32.close(), q8_0.close()
+    return ms, same
 
 
 if __name__ == "__main__":
