@@ -16,7 +16,8 @@
 5. llama.cpp as the peer, on the same weights (the demo's layout, exported by fingpt-export
    --format gguf): single-stream greedy tokens/s, fingpt float32 vs llama.cpp f32 and fingpt int8
    vs llama.cpp q8_0, at the demo's size (128/4/4, context 128) and at 384/6/6 (context 1024),
-   goal fingpt >= llama.cpp in both pairs.
+   goal fingpt >= llama.cpp in both pairs; and fingpt's sampler on llama.cpp's arithmetic, what
+   `fingpt-serve --backend llama.cpp` decodes with.
 
     python bench/serve.py [--n-embd 384 --n-head 6 --n-layer 6 --tokens 128] [--parts 045]
         [--profile] [--threads 1]
@@ -46,6 +47,7 @@ from fingpt.gguf_export import write_gguf
 from fingpt.model import GPT, GPTConfig
 from fingpt.quantize import Int8Linear, to_dtype
 from fingpt.tokenizer import BPETokenizer
+from serving.llama_backend import LlamaCppModel
 
 PROMPT = "Operator: Good afternoon, and welcome to the fourth quarter earnings conference call."
 
@@ -365,7 +367,7 @@ def vs_llama_cpp(tokenizer, tokens: int, repeats: int) -> None:
             f"   {label}, {model.num_parameters() / 1e6:.1f}M parameters (same greedy tokens in f32: {same})"
         )
         for name, times in ms.items():
-            print(f"     {name:16s} {times[0]:6.2f} ({times[-1]:.2f}) ms = {1e3 / times[0]:5.0f} tokens/s")
+            print(f"     {name:24s} {times[0]:6.2f} ({times[-1]:.2f}) ms = {1e3 / times[0]:5.0f} tokens/s")
         for pair in (("fingpt float32", "llama.cpp f32"), ("fingpt int8", "llama.cpp q8_0")):
             print(f"     {pair[0]} vs {pair[1]}: {ms[pair[1]][0] / ms[pair[0]][0]:.2f}x (goal >= 1.00x)")
 
@@ -395,11 +397,16 @@ def fingpt_and_llama_cpp(model: GPT, tokenizer, tokens: int, repeats: int) -> tu
             if len(out) == tokens:
                 return out
 
+    # what fingpt-serve --backend llama.cpp decodes with: fingpt's sampler, llama.cpp's arithmetic
+    loaded = LoadedModel(model, tokenizer, Card(name="bench"))
+    backend = {dtype: LlamaCppModel(loaded, dtype) for dtype in ("float32", "int8")}
     fns = {
         "fingpt float32": lambda: generate(model, tokenizer, [prompt], greedy),
         "llama.cpp f32": lambda: llama_generate(f32),
+        "--backend llama.cpp f32": lambda: generate(backend["float32"], tokenizer, [prompt], greedy),
         "fingpt int8": lambda: generate(int8, tokenizer, [prompt], greedy),
         "llama.cpp q8_0": lambda: llama_generate(q8_0),
+        "--backend llama.cpp q8_0": lambda: generate(backend["int8"], tokenizer, [prompt], greedy),
     }
     ms = {name: sorted(1e3 * t / tokens for t in times) for name, times in runs(fns, repeats).items()}
     (completion,) = generate(model, tokenizer, [prompt], greedy)

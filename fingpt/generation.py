@@ -182,7 +182,7 @@ class Sampler:
     def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch_size: int = 8) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.device = model.wte.weight.device
+        self.device = model.device
         self.cache = model.new_cache(max_batch_size)
         self.rows: dict[int, _Row] = {}
 

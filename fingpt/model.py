@@ -221,6 +221,10 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @property
+    def device(self) -> torch.device:
+        return self.wte.weight.device
+
     def num_parameters(self) -> int:
         """Trainable parameters; a tied LM head is counted once."""
         return sum(p.numel() for p in self.parameters())

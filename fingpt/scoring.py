@@ -64,7 +64,7 @@ def _window_batch(model: GPT, batch: list[tuple[list[int], list[int]]]):
     x = torch.zeros(len(batch), width, dtype=torch.long)
     for row, (inputs, _) in enumerate(batch):
         x[row, : len(inputs)] = torch.tensor(inputs)
-    logprobs = F.log_softmax(model(x.to(model.wte.weight.device))[0].float(), dim=-1)
+    logprobs = F.log_softmax(model(x.to(model.device))[0].float(), dim=-1)
     for row, (_, targets) in enumerate(batch):
         new = [t for t, target in enumerate(targets) if target != -100]  # not scored before
         yield logprobs[row, new], torch.tensor([targets[t] for t in new], device=logprobs.device)

@@ -16,6 +16,7 @@ from fingpt.quantize import to_dtype
 from serving.completions import Completions
 from serving.engine import Engine
 from serving.errors import APIError
+from serving.llama_backend import LlamaCppModel
 from serving.metrics import Metrics
 from serving.protocol import Served
 from serving.settings import Settings
@@ -43,10 +44,13 @@ class ServerState:
         """Load the model (unless given), move it to its device and dtype, start the engine."""
         settings = self.settings
         try:
-            device = resolve_device(settings.device)
+            device = resolve_device("cpu" if settings.backend == "llama.cpp" else settings.device)
             model = loaded or load_model(settings.model, device=device)
             dtype = resolve_dtype(settings.dtype, device, own=dtype_of(model.model))
-            to_dtype(model.model.to(device), dtype)  # int8: weight-only, on a CPU
+            if settings.backend == "llama.cpp":  # the same sampler and API, llama.cpp's arithmetic
+                model = LoadedModel(LlamaCppModel(model, dtype), model.tokenizer, model.card)
+            else:
+                to_dtype(model.model.to(device), dtype)  # int8: weight-only, on a CPU
             engine = Engine(model, settings.max_batch_size, settings.max_queue, self.metrics)
             engine.start()
         except Exception as e:  # noqa: BLE001 - /health and every request say why
@@ -57,7 +61,7 @@ class ServerState:
         self.completions = Completions(  # ready
             model, engine, self.model_id, settings.timeout, settings.limits.max_score_positions, self.metrics
         )
-        log.info("serving %s on %s", settings.model, device)
+        log.info("serving %s on %s (%s)", settings.model, device, settings.backend)
 
     def served(self) -> Served | None:
         """What the spec says of the model, once it is loaded."""

@@ -87,3 +87,23 @@ def bundle(trained_run, tmp_path_factory):
     from fingpt.export import export
 
     return export(trained_run, tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def modern_run(tmp_path_factory, cache_dir):
+    """The demo's layout (rotary, RMSNorm, ReLU², qk_norm) trained 20 steps on the sample: the
+    layout that llama.cpp runs (tests/test_gguf.py, tests/serving/test_llama_backend.py)."""
+    from fingpt.train import train
+
+    tmp_path = tmp_path_factory.mktemp("modern")
+    overrides = ["model=modern_tiny", "model.block_size=128", "trainer.max_steps=20", "optimizer=muon"]
+    cfg = train_config(tmp_path, cache_dir, [*overrides, "trainer.val_check_interval=20"])
+    train(cfg)
+    return Path(cfg.paths.output_dir)
+
+
+@pytest.fixture(scope="session")
+def modern_bundle(modern_run, tmp_path_factory):
+    from fingpt.export import export
+
+    return export(modern_run, tmp_path_factory.mktemp("bundles") / "modern")

@@ -13,8 +13,6 @@ from fingpt.export import main
 from fingpt.gguf_export import write_gguf
 from fingpt.model import GPT, GPTConfig
 from fingpt.scoring import windows
-from fingpt.train import train
-from tests.helpers import train_config
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python: pip install -e '.[dev]'")
 
@@ -63,16 +61,6 @@ def test_llama_cpp_gives_fingpts_logits_in_float32(family, bpe, tmp_path):
     theirs = llama_logits(llama(path, config.block_size), ids.tolist())
     assert np.abs(theirs - ours).max() < 1e-3
     assert (theirs.argmax(-1) == ours.argmax(-1)).all()
-
-
-@pytest.fixture(scope="module")
-def modern_run(tmp_path_factory, cache_dir):
-    """The demo's layout (rotary, RMSNorm, ReLU², qk_norm) trained 20 steps on the sample."""
-    tmp_path = tmp_path_factory.mktemp("modern")
-    overrides = ["model=modern_tiny", "model.block_size=128", "trainer.max_steps=20", "optimizer=muon"]
-    cfg = train_config(tmp_path, cache_dir, [*overrides, "trainer.val_check_interval=20"])
-    train(cfg)
-    return Path(cfg.paths.output_dir)
 
 
 @pytest.fixture(scope="module")

@@ -428,6 +428,14 @@ def test_cors_answers_only_the_allowed_origins(bundle):
         (["--timeout", "nan"], "--timeout must be positive, got nan"),
         (["--port", "http"], "argument --port: invalid int value: 'http'"),
         (
+            ["--backend", "onnx"],
+            "argument --backend: invalid choice: 'onnx' (choose from 'fingpt', 'llama.cpp')",
+        ),
+        (
+            ["--backend", "llama.cpp", "--device", "cuda"],
+            "--backend llama.cpp runs on the CPU here: drop --device cuda",
+        ),
+        (
             ["--dtype", "float8"],
             "argument --dtype: invalid choice: 'float8' (choose from 'auto', 'float32', 'bfloat16', "
             "'float16', 'int8')",
