@@ -35,7 +35,7 @@ from fingpt.checkpoint import LoadedModel, load_model
 from fingpt.cli import user_errors
 from fingpt.devices import FLOATS, check_dtype
 from fingpt.files import replace_folder, sha256
-from fingpt.gguf_export import GGUF_DTYPES, SUFFIX, write_gguf
+from fingpt.gguf_export import GGUF_DTYPES, TYPES, write_gguf
 from fingpt.hf import to_hf
 from fingpt.runs import Run
 from fingpt.tokenizer import EOT, BPETokenizer, Tokenizer
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--format hf writes float32 (transformers casts on loading): drop --dtype")
     run = Run.containing(args.source).folder  # a bundle's own folder too
     models = Path(os.environ.get("FINGPT_MODELS_DIR", "models"))
-    name = {"bundle": run.name, "hf": f"{run.name}-hf", "gguf": f"{run.name}-{SUFFIX[args.dtype]}.gguf"}
+    name = {"bundle": run.name, "hf": f"{run.name}-hf", "gguf": f"{run.name}-{TYPES[args.dtype][2]}.gguf"}
     out = args.out or models / name[args.format]
     with user_errors():
         if args.format == "hf":

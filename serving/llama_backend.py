@@ -33,7 +33,13 @@ class LlamaCppModel:
     device = torch.device("cpu")
 
     def __init__(self, loaded: LoadedModel, dtype: str, threads: int | None = None) -> None:
-        import llama_cpp
+        try:
+            import llama_cpp
+        except ImportError as e:
+            raise ValueError(
+                "--backend llama.cpp needs llama-cpp-python: pip install 'fingpt[llama]' "
+                "(it builds llama.cpp from source, about 7 minutes on 2 cores)"
+            ) from e
 
         self.llama_cpp = llama_cpp
         self.config = loaded.model.config
