@@ -73,10 +73,9 @@ def llama_cpp_bpb(path: Path, tokenizer, texts: list[str], block_size: int) -> f
     model, nats, n_bytes = llama(path, block_size), 0.0, 0
     for text in texts:
         for inputs, targets in windows([tokenizer.eot_id, *tokenizer.encode(text)], block_size, block_size):
-            logits = llama_logits(model, inputs).astype(np.float64)
-            logits -= logits.max(-1, keepdims=True)
-            logprobs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-            nats -= sum(logprobs[i, t] for i, t in enumerate(targets) if t != -100)
+            logprobs = torch.log_softmax(torch.from_numpy(llama_logits(model, inputs)), dim=-1)
+            new = [i for i, t in enumerate(targets) if t != -100]
+            nats -= logprobs[new, [targets[i] for i in new]].double().sum().item()
         n_bytes += len(text.encode())
     return nats / math.log(2) / n_bytes
 
