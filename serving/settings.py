@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default="fingpt",
         choices=["fingpt", "llama.cpp"],
         help="what computes the model: fingpt's PyTorch, or llama.cpp on its GGUF export (CPU; "
-        "rotary layouts; 3-11x the tokens/s of one stream, bench/serve.py)",
+        "rotary layouts; 3-5x the tokens/s of one stream, bench/serve.py)",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     parser.add_argument(

@@ -90,20 +90,33 @@ def bundle(trained_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def modern_run(tmp_path_factory, cache_dir):
-    """The demo's layout (rotary, RMSNorm, ReLU², qk_norm) trained 20 steps on the sample: the
-    layout that llama.cpp runs (tests/test_gguf.py, tests/serving/test_llama_backend.py)."""
+def demo_training(tmp_path_factory, cache_dir):
+    """What make demo trains (experiment=cpu_demo: torch.compile, Muon, WSD, bf16-mixed where
+    bfloat16 is native; rotary, RMSNorm, ReLU², qk_norm), 20 steps on the sample, exported as a
+    bundle and a Hugging Face folder: its composed config, and what train printed. Its layout is
+    the one llama.cpp runs (tests/test_gguf.py, tests/serving/test_llama_backend.py)."""
+    import contextlib
+    import io
+
     from fingpt.train import train
 
-    tmp_path = tmp_path_factory.mktemp("modern")
-    overrides = ["model=modern_tiny", "model.block_size=128", "trainer.max_steps=20", "optimizer=muon"]
-    cfg = train_config(tmp_path, cache_dir, [*overrides, "trainer.val_check_interval=20"])
-    train(cfg)
-    return Path(cfg.paths.output_dir)
+    demo = ["experiment=cpu_demo", "model=modern_tiny", "data=cc_by_sa", "trainer.max_time=null"]
+    rest = ["model.block_size=128", "export.format=hf", "data.loader.val_windows=8"]
+    steps = ["trainer.max_steps=20", "trainer.val_check_interval=10"]
+    cfg = train_config(tmp_path_factory.mktemp("demo"), cache_dir, [*demo, *rest, *steps])
+    composed, printed = cfg.copy(), io.StringIO()  # train resolves some values in place (precision)
+    with contextlib.redirect_stdout(printed):
+        train(cfg)
+    return composed, printed.getvalue()
 
 
 @pytest.fixture(scope="session")
-def modern_bundle(modern_run, tmp_path_factory):
-    from fingpt.export import export
+def demo_run(demo_training) -> Path:
+    return Path(demo_training[0].paths.output_dir)
 
-    return export(modern_run, tmp_path_factory.mktemp("bundles") / "modern")
+
+@pytest.fixture(scope="session")
+def demo_bundle(demo_run) -> Path:
+    import json
+
+    return Path(json.loads((demo_run / "result.json").read_text())["bundle"])

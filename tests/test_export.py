@@ -13,8 +13,8 @@ from fingpt.card import Card
 from fingpt.checkpoint import BUNDLE_FILES, load_model
 from fingpt.export import export, main
 from fingpt.files import sha256
-from fingpt.train import native_bfloat16, train
-from tests.helpers import ROOT, assert_transformers_matches, permissions, train_config, umask_permissions
+from fingpt.train import native_bfloat16
+from tests.helpers import ROOT, assert_transformers_matches, permissions, umask_permissions
 
 
 def test_training_exported_its_best_checkpoint_and_pointed_latest_at_it(trained_run):
@@ -44,32 +44,23 @@ def test_a_bundle_gives_the_checkpoints_logits(trained_run, bundle):
     assert not any(n.startswith("model.") for n in names)  # no LightningModule prefix
 
 
-def test_the_demos_recipe_trains_compiled_and_exports_a_bundle_with_plain_names(tmp_path, cache_dir, capsys):
-    """What make demo trains (experiment=cpu_demo: torch.compile, bf16-mixed, Muon, WSD), for 4 steps."""
-    demo = [
-        "experiment=cpu_demo",
-        "model=modern_tiny",
-        "data=cc_by_sa",
-        "trainer.max_time=null",
-        "export.format=hf",
-    ]
-    steps = ["trainer.max_steps=4", "trainer.val_check_interval=2", "data.loader.val_windows=8"]
-    cfg = train_config(tmp_path, cache_dir, [*demo, *steps])
+def test_the_demos_recipe_trains_compiled_and_exports_a_bundle_with_plain_names(demo_training):
+    """What make demo trains (experiment=cpu_demo: torch.compile, bf16-mixed, Muon, WSD), for 20 steps."""
+    cfg, printed = demo_training
     assert (cfg.compile, cfg.trainer.precision, cfg.model.mlp) == (True, "auto", "relu2")
     assert (cfg.optimizer._target_, cfg.scheduler._target_) == (
         "fingpt.optim.muon",
         "fingpt.optim.WarmupStableDecay",
     )
-    train(cfg)
     result = json.loads((Path(cfg.paths.output_dir) / "result.json").read_text())
     bundle = Path(result["bundle"])
     names = set(load_file(bundle / "model.safetensors"))
     assert "wte.weight" in names and not any(n.startswith(("model.", "_orig_mod.")) for n in names)
     from_checkpoint, from_bundle = load_model(cfg.paths.output_dir), load_model(bundle)
-    assert from_bundle.card.steps == 4 and from_bundle.model.config.pos_emb == "rope"
+    assert from_bundle.card.steps == 20 and from_bundle.model.config.pos_emb == "rope"
     # the card's val_bpb is the one train printed and wrote: the best checkpoint on all of validation
     assert from_bundle.card.val_bpb == result["val_bpb"] != from_bundle.card.val_bpb_during_fit  # 8 windows
-    assert f"val/bpb {from_bundle.card.val_bpb:.4f} at step 4" in capsys.readouterr().out
+    assert f"val/bpb {from_bundle.card.val_bpb:.4f} at step 20" in printed
     native = native_bfloat16("cpu")  # bf16-mixed where this CPU has bfloat16, else float32
     assert from_bundle.card.training_config["trainer"]["precision"] == ("bf16-mixed" if native else "32-true")
     idx = torch.randint(0, from_bundle.model.config.vocab_size, (2, 16))

@@ -80,9 +80,9 @@ def llama_cpp_bpb(path: Path, tokenizer, texts: list[str], block_size: int) -> f
     return nats / math.log(2) / n_bytes
 
 
-def test_llama_cpp_scores_25_real_calls_in_q8_0_within_1_percent_of_fingpt(modern_run, calls, tmp_path):
-    main([str(modern_run), "--format", "gguf", "--dtype", "q8_0", "--out", str(tmp_path / "m.gguf")])
-    ours = load_model(modern_run)
+def test_llama_cpp_scores_25_real_calls_in_q8_0_within_1_percent_of_fingpt(demo_run, calls, tmp_path):
+    main([str(demo_run), "--format", "gguf", "--dtype", "q8_0", "--out", str(tmp_path / "m.gguf")])
+    ours = load_model(demo_run)
     block = ours.model.config.block_size
     fingpt_bpb = score(ours.model, ours.tokenizer, calls, stride=block).bpb
     theirs = llama_cpp_bpb(tmp_path / "m.gguf", ours.tokenizer, calls, block)
@@ -90,9 +90,9 @@ def test_llama_cpp_scores_25_real_calls_in_q8_0_within_1_percent_of_fingpt(moder
     assert abs(theirs / fingpt_bpb - 1) < 0.01
 
 
-def test_llama_cpp_tokenizes_as_fingpt_does(modern_run, calls, tmp_path):
-    main([str(modern_run), "--format", "gguf", "--out", str(tmp_path / "m.gguf")])
-    ours = load_model(modern_run).tokenizer
+def test_llama_cpp_tokenizes_as_fingpt_does(demo_run, calls, tmp_path):
+    main([str(demo_run), "--format", "gguf", "--out", str(tmp_path / "m.gguf")])
+    ours = load_model(demo_run).tokenizer
     theirs = llama(tmp_path / "m.gguf", 64)
     odd = "Revenue rose 12.5% to $1,234.56M in Q3’24 — naïve café, 東京, 2024-10-31, 1e6, x²\n\n  Operator:"
     for text in [*calls[:3], *calls[-2:], odd]:
@@ -102,15 +102,15 @@ def test_llama_cpp_tokenizes_as_fingpt_does(modern_run, calls, tmp_path):
 
 
 def test_the_export_names_the_file_after_its_type_and_refuses_what_llama_cpp_cannot_run(
-    modern_run, trained_run, tmp_path, monkeypatch, capsys
+    demo_run, trained_run, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv("FINGPT_MODELS_DIR", str(tmp_path))
-    main([str(modern_run), "--format", "gguf", "--dtype", "q8_0"])
-    assert (tmp_path / f"{modern_run.name}-q8_0.gguf").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == [f"{modern_run.name}-q8_0.gguf"]  # nothing half-written
+    main([str(demo_run), "--format", "gguf", "--dtype", "q8_0"])
+    assert (tmp_path / f"{demo_run.name}-q8_0.gguf").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [f"{demo_run.name}-q8_0.gguf"]  # nothing half-written
     for args, message in [
         ([str(trained_run), "--format", "gguf"], "error: learned positions have no llama.cpp architecture"),
-        ([str(modern_run), "--dtype", "q8_0"], "--dtype q8_0 is for --format gguf only"),
+        ([str(demo_run), "--dtype", "q8_0"], "--dtype q8_0 is for --format gguf only"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             main(args)

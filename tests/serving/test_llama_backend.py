@@ -17,8 +17,8 @@ PROMPT = "Operator: Good afternoon, and welcome to the"
 
 
 @pytest.fixture(scope="module")
-def client(modern_bundle):
-    with asgi_client(modern_bundle, backend="llama.cpp") as c:
+def client(demo_bundle):
+    with asgi_client(demo_bundle, backend="llama.cpp") as c:
         yield c
 
 
@@ -28,8 +28,8 @@ def complete(client, **body):
     return response.json()
 
 
-def test_greedy_and_seeded_text_is_fingpts_past_the_context_too(client, modern_bundle):
-    ours = load_model(modern_bundle)
+def test_greedy_and_seeded_text_is_fingpts_past_the_context_too(client, demo_bundle):
+    ours = load_model(demo_bundle)
     prompt = ours.tokenizer.encode(PROMPT)
     length = ours.model.config.block_size + 40  # the rows slide for the last 40 + len(prompt) tokens
     greedy = SamplingParams(max_new_tokens=length, temperature=0.0, ignore_eos=True)
@@ -43,8 +43,8 @@ def test_greedy_and_seeded_text_is_fingpts_past_the_context_too(client, modern_b
     assert [c["text"] for c in body["choices"]] == [ours.tokenizer.decode(e.tokens) for e in expected]
 
 
-def test_logprobs_and_scoring_are_fingpts_within_1e_3(client, modern_bundle):
-    ours = load_model(modern_bundle)
+def test_logprobs_and_scoring_are_fingpts_within_1e_3(client, demo_bundle):
+    ours = load_model(demo_bundle)
     text = " ".join([PROMPT, "Revenue was $1.48 billion, up 24.9% in Q3'24."] * 30)
     ids = [ours.tokenizer.eot_id, *ours.tokenizer.encode(text)]
     assert len(ids) > 3 * ours.model.config.block_size
@@ -57,7 +57,7 @@ def test_logprobs_and_scoring_are_fingpts_within_1e_3(client, modern_bundle):
     assert -sum(logprobs["token_logprobs"][1:]) == pytest.approx(expected.nll, rel=1e-5)
     request = {"max_tokens": 20, "temperature": 0.0, "logprobs": 3, "ignore_eos": True}
     theirs = complete(client, **request)["choices"][0]["logprobs"]
-    with asgi_client(modern_bundle) as pytorch:  # the same request to the PyTorch backend
+    with asgi_client(demo_bundle) as pytorch:  # the same request to the PyTorch backend
         expected = complete(pytorch, **request)["choices"][0]["logprobs"]
     assert theirs["tokens"] == expected["tokens"]
     assert theirs["token_logprobs"] == pytest.approx(expected["token_logprobs"], abs=1e-3)
@@ -65,12 +65,12 @@ def test_logprobs_and_scoring_are_fingpts_within_1e_3(client, modern_bundle):
         assert list(top) == list(top_expected)
 
 
-def test_requests_scoring_at_once_get_what_each_gets_alone(modern_bundle):
+def test_requests_scoring_at_once_get_what_each_gets_alone(demo_bundle):
     from concurrent.futures import ThreadPoolExecutor
 
     from serving.llama_backend import LlamaCppModel
 
-    model = LlamaCppModel(load_model(modern_bundle), "float32")
+    model = LlamaCppModel(load_model(demo_bundle), "float32")
     windows = [torch.randint(0, model.config.vocab_size, (2, 64)) for _ in range(4)]
     alone = [model(idx)[0] for idx in windows]
     with ThreadPoolExecutor(4) as pool:
