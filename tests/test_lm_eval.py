@@ -37,7 +37,7 @@ def fingpt_bpb(bundle, calls):
     return evaluate(cfg).bpb
 
 
-def lm_eval(model: str, model_args: str, calls, out, *extra: str) -> dict:
+def start_lm_eval(model: str, model_args: str, calls, out, *extra: str) -> subprocess.Popen:
     cmd = [
         *(sys.executable, "-m", "lm_eval", "--model", model, "--model_args", model_args),
         *("--include_path", "evals", "--tasks", "fingpt_calls", "--batch_size", "8"),
@@ -45,29 +45,49 @@ def lm_eval(model: str, model_args: str, calls, out, *extra: str) -> dict:
         *extra,
     ]
     env = {**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def scores_of(process: subprocess.Popen, out) -> dict:
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-4000:]
     (results,) = out.rglob("results_*.json")
     return json.loads(results.read_text())["results"]["fingpt_calls"]
 
 
-def test_lm_eval_on_the_hf_export_gives_fingpt_evaluates_bits_per_byte(bundle, calls, fingpt_bpb, tmp_path):
-    folder = export_hf(bundle, tmp_path / "hf")
-    scores = lm_eval("hf", f"pretrained={folder},dtype=float32", calls, tmp_path / "out", "--device", "cpu")
+@pytest.fixture(scope="module")
+def lm_eval_runs(bundle, calls, tmp_path_factory):
+    """lm-eval run both ways a user runs it, at once (most of each is importing lm-eval): on the
+    Hugging Face export, and against fingpt-serve with the bundle's own tokenizer folder cutting
+    the windows. Their scores, and the server's metrics after."""
+    tmp = tmp_path_factory.mktemp("lm_eval")
+    folder = export_hf(bundle, tmp / "hf")
+    with serve(bundle) as server:
+        served = (
+            f"base_url={server.url}/v1/completions,tokenizer={bundle},"
+            "tokenizer_backend=huggingface,max_length=32"
+        )
+        runs = {
+            "hf": start_lm_eval(
+                "hf", f"pretrained={folder},dtype=float32", calls, tmp / "hf-out", "--device", "cpu"
+            ),
+            "served": start_lm_eval("local-completions", served, calls, tmp / "served-out"),
+        }
+        scores = {name: scores_of(process, tmp / f"{name}-out") for name, process in runs.items()}
+        metrics = httpx.get(server.url + "/metrics").text
+    return scores, metrics
+
+
+def test_lm_eval_on_the_hf_export_gives_fingpt_evaluates_bits_per_byte(lm_eval_runs, fingpt_bpb):
+    scores = lm_eval_runs[0]["hf"]
     # the same windows as fingpt-evaluate's: <|endoftext|> then the call, cut every 32 tokens
     assert scores["bits_per_byte,none"] == pytest.approx(fingpt_bpb, rel=1e-5)
     assert scores["byte_perplexity,none"] == pytest.approx(2 ** scores["bits_per_byte,none"], rel=1e-9)
     assert scores["word_perplexity,none"] > scores["byte_perplexity,none"]
 
 
-def test_lm_eval_via_fingpt_serve_gives_fingpt_evaluates_bpb(bundle, calls, fingpt_bpb, tmp_path):
-    with serve(bundle) as server:  # lm-eval cuts the windows with the bundle's own tokenizer folder
-        model_args = (
-            f"base_url={server.url}/v1/completions,tokenizer={bundle},"
-            "tokenizer_backend=huggingface,max_length=32"
-        )
-        scores = lm_eval("local-completions", model_args, calls, tmp_path / "out")
-        metrics = httpx.get(server.url + "/metrics").text
+def test_lm_eval_via_fingpt_serve_gives_fingpt_evaluates_bpb(lm_eval_runs, fingpt_bpb):
+    scores, metrics = lm_eval_runs[0]["served"], lm_eval_runs[1]
     # windows of 31 scored tokens (one prompt token is context), not 32: README, Evaluation
     assert scores["bits_per_byte,none"] == pytest.approx(fingpt_bpb, rel=0.005)
     answered = re.findall(r'fingpt_requests_total\{path="/v1/completions",status="(\d+)"\} (\S+)', metrics)
