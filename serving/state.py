@@ -16,7 +16,6 @@ from fingpt.quantize import to_dtype
 from serving.completions import Completions
 from serving.engine import Engine
 from serving.errors import APIError
-from serving.llama_backend import LlamaCppModel
 from serving.metrics import Metrics
 from serving.protocol import Served
 from serving.settings import Settings
@@ -48,6 +47,8 @@ class ServerState:
             model = loaded or load_model(settings.model, device=device)
             dtype = resolve_dtype(settings.dtype, device, own=dtype_of(model.model))
             if settings.backend == "llama.cpp":  # the same sampler and API, llama.cpp's arithmetic
+                from serving.llama_backend import LlamaCppModel  # and its GGUF writer: only here
+
                 model = LoadedModel(LlamaCppModel(model, dtype), model.tokenizer, model.card)
             else:
                 to_dtype(model.model.to(device), dtype)  # int8: weight-only, on a CPU
