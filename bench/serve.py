@@ -399,7 +399,7 @@ def fingpt_and_llama_cpp(model: GPT, tokenizer, tokens: int, repeats: int) -> tu
 
     # what fingpt-serve --backend llama.cpp decodes with: fingpt's sampler, llama.cpp's arithmetic
     loaded = LoadedModel(model, tokenizer, Card(name="bench"))
-    backend = {dtype: LlamaCppModel(loaded, dtype) for dtype in ("float32", "int8")}
+    backend = {dtype: LlamaCppModel.of(loaded, dtype) for dtype in ("float32", "int8")}
     fns = {
         "fingpt float32": lambda: generate(model, tokenizer, [prompt], greedy),
         "llama.cpp f32": lambda: llama_generate(f32),

@@ -24,6 +24,7 @@ import torch
 
 from fingpt.checkpoint import LoadedModel
 from fingpt.gguf_export import write_gguf
+from fingpt.model import GPTConfig
 
 GGUF_DTYPE = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "int8": "q8_0"}
 
@@ -33,7 +34,10 @@ class LlamaCppModel:
 
     device = torch.device("cpu")
 
-    def __init__(self, loaded: LoadedModel, dtype: str, threads: int | None = None) -> None:
+    def __init__(self, path: Path, config: GPTConfig, exact: bool, threads: int | None = None) -> None:
+        """llama.cpp on the GGUF file `path` of a model of `config`. `exact`: a float32 cache, as
+        fingpt's (llama.cpp's flash attention is slow on one); else llama.cpp's default float16
+        cache and flash attention, 2.5x faster."""
         try:
             import llama_cpp
         except ImportError as e:
@@ -42,23 +46,24 @@ class LlamaCppModel:
                 "(it builds llama.cpp from source, about 7 minutes on 2 cores)"
             ) from e
 
-        self.llama_cpp = llama_cpp
-        self.config = loaded.model.config
+        self.llama_cpp, self.config, self.exact = llama_cpp, config, exact
         self.threads = threads or torch.get_num_threads()
-        # float32 keeps a float32 cache, as fingpt's (llama.cpp's flash attention is slow on one);
-        # the others take llama.cpp's default float16 cache and flash attention: 2.5x faster
-        self.exact = dtype == "float32"
-        with tempfile.TemporaryDirectory() as tmp:  # llama.cpp reads the file whole on loading
-            path = write_gguf(loaded.model, loaded.tokenizer, Path(tmp) / "model.gguf", GGUF_DTYPE[dtype])
-            params = llama_cpp.llama_model_default_params()
-            params.use_mmap = False
-            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its log of llama.cpp's
-            self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        params = llama_cpp.llama_model_default_params()
+        params.use_mmap = False  # read whole: the file may be a temporary one
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its log of llama.cpp's
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
-            raise ValueError(f"llama.cpp could not load the GGUF export of {loaded.card.name or 'the model'}")
+            raise ValueError(f"llama.cpp could not load {path}")
         weakref.finalize(self, llama_cpp.llama_model_free, self.model)
         self.scoring = self.new_cache(1)  # the windows of echo with logprobs: one at a time
         self.scoring_lock = threading.Lock()  # requests score in the server's thread pool
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, dtype: str, threads: int | None = None) -> LlamaCppModel:
+        """`loaded` in `dtype` as llama.cpp runs it, from its GGUF export (int8 as q8_0)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_gguf(loaded.model, loaded.tokenizer, Path(tmp) / "model.gguf", GGUF_DTYPE[dtype])
+            return cls(path, loaded.model.config, exact=dtype == "float32", threads=threads)
 
     def eval(self) -> LlamaCppModel:
         return self

@@ -49,7 +49,7 @@ class ServerState:
             if settings.backend == "llama.cpp":  # the same sampler and API, llama.cpp's arithmetic
                 from serving.llama_backend import LlamaCppModel  # and its GGUF writer: only here
 
-                model = LoadedModel(LlamaCppModel(model, dtype), model.tokenizer, model.card)
+                model = LoadedModel(LlamaCppModel.of(model, dtype), model.tokenizer, model.card)
             else:
                 to_dtype(model.model.to(device), dtype)  # int8: weight-only, on a CPU
             engine = Engine(model, settings.max_batch_size, settings.max_queue, self.metrics)

@@ -1,6 +1,5 @@
 """The GGUF export, run by llama.cpp itself (llama-cpp-python, built from source by `make test`)."""
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ from fingpt.evaluate import score
 from fingpt.export import main
 from fingpt.gguf_export import write_gguf
 from fingpt.model import GPT, GPTConfig
-from fingpt.scoring import windows
+from serving.llama_backend import LlamaCppModel
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python: pip install -e '.[dev]'")
 
@@ -69,24 +68,14 @@ def calls(sample_calls):
     return sorted(sample_calls, key=len)[:25]
 
 
-def llama_cpp_bpb(path: Path, tokenizer, texts: list[str], block_size: int) -> float:
-    """Bits per byte by llama.cpp over the windows fingpt-evaluate scores with stride=block_size."""
-    model, nats, n_bytes = llama(path, block_size), 0.0, 0
-    for text in texts:
-        for inputs, targets in windows([tokenizer.eot_id, *tokenizer.encode(text)], block_size, block_size):
-            logprobs = torch.log_softmax(torch.from_numpy(llama_logits(model, inputs)), dim=-1)
-            new = [i for i, t in enumerate(targets) if t != -100]
-            nats -= logprobs[new, [targets[i] for i in new]].double().sum().item()
-        n_bytes += len(text.encode())
-    return nats / math.log(2) / n_bytes
-
-
 def test_llama_cpp_scores_25_real_calls_in_q8_0_within_1_percent_of_fingpt(demo_run, calls, tmp_path):
     main([str(demo_run), "--format", "gguf", "--dtype", "q8_0", "--out", str(tmp_path / "m.gguf")])
     ours = load_model(demo_run)
     block = ours.model.config.block_size
     fingpt_bpb = score(ours.model, ours.tokenizer, calls, stride=block).bpb
-    theirs = llama_cpp_bpb(tmp_path / "m.gguf", ours.tokenizer, calls, block)
+    # llama.cpp's logits, through the same windows and sums as fingpt-evaluate's
+    llama_cpp_model = LlamaCppModel(tmp_path / "m.gguf", ours.model.config, exact=False)
+    theirs = score(llama_cpp_model, ours.tokenizer, calls, stride=block).bpb
     assert fingpt_bpb < 3.0  # trained: a random model of 8192 tokens scores about 3.3 bits a byte here
     assert abs(theirs / fingpt_bpb - 1) < 0.01
 

@@ -70,7 +70,7 @@ def test_requests_scoring_at_once_get_what_each_gets_alone(demo_bundle):
 
     from serving.llama_backend import LlamaCppModel
 
-    model = LlamaCppModel(load_model(demo_bundle), "float32")
+    model = LlamaCppModel.of(load_model(demo_bundle), "float32")
     windows = [torch.randint(0, model.config.vocab_size, (2, 64)) for _ in range(4)]
     alone = [model(idx)[0] for idx in windows]
     with ThreadPoolExecutor(4) as pool:
