@@ -52,3 +52,13 @@ def resolve_dtype(dtype: str | None, device: str, own: str, choices: tuple[str, 
 def dtype_of(model: nn.Module) -> str:
     """The dtype of a model's parameters, by name: float32, bfloat16, ..."""
     return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def native_bfloat16(accelerator: str) -> bool:
+    """Whether bfloat16 matrix products run natively on `accelerator` (cpu, gpu/cuda, or auto):
+    on a CUDA GPU that has them, or on a CPU with AVX-512 (oneDNN's bf16 kernels). Elsewhere they
+    are emulated and slow: on an AVX2-only EPYC, 0.7 GFLOP/s against 43.7 in float32 (1024 x
+    1024, 2 threads)."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()

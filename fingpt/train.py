@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +29,7 @@ from fingpt.checkpoint import read_checkpoint
 from fingpt.cli import run_hydra, user_errors
 from fingpt.config import CONF_DIR, instantiate
 from fingpt.data.prepare import prepare
+from fingpt.devices import native_bfloat16
 from fingpt.export import export, export_hf, point_latest
 from fingpt.hf import hf_family
 from fingpt.runs import BEST, Run, newest_last
@@ -60,15 +60,6 @@ def resolve_checkpoint(ckpt_path: str | None, log_dir: Path, run_dir: Path) -> P
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: {path} does not exist")
     read_checkpoint(path, mmap=True)  # a foreign or truncated file is refused now, not by Lightning
     return path
-
-
-def native_bfloat16(accelerator: str) -> bool:
-    """Whether bfloat16 matrix products run natively: on a CUDA GPU that has them, or on a CPU
-    with AVX-512 (oneDNN's bf16 kernels). Elsewhere they are emulated and slow: on an AVX2-only
-    EPYC, 0.7 GFLOP/s against 43.7 in float32 (1024 x 1024, 2 threads)."""
-    if accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def choose_precision(cfg: DictConfig) -> None:

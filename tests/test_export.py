@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from fingpt import export as export_module
 from fingpt.card import Card
 from fingpt.checkpoint import BUNDLE_FILES, load_model
+from fingpt.devices import native_bfloat16
 from fingpt.export import export, main
 from fingpt.files import sha256
-from fingpt.train import native_bfloat16
 from tests.helpers import ROOT, assert_transformers_matches, permissions, umask_permissions
 
 

@@ -2,10 +2,11 @@ import copy
 
 import pytest
 import torch
+import torch.nn as nn
 from hydra.utils import instantiate
 
 from fingpt.model import GPT, GPTConfig
-from fingpt.optim import MuonAdamW, adamw, muon, parameter_groups
+from fingpt.optim import ORTHOGONALIZERS, Muon, MuonAdamW, adamw, muon, orthogonalize, parameter_groups
 from tests.helpers import compose
 
 SIZE = dict(vocab_size=64, block_size=16, n_embd=32, n_head=2, n_layer=2, dropout=0.0)
@@ -85,6 +86,51 @@ def test_muon_adamw_continues_exactly_from_its_state_dict_and_follows_a_schedule
     steps(resumed_model, resumed, batches[3:])
     for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_muon_steps_as_torch_optim_muon_does_in_bfloat16():
+    torch.manual_seed(0)
+    ours = [nn.Parameter(torch.randn(shape)) for shape in ((96, 32), (32, 32), (96, 32), (32, 128))]
+    theirs = copy.deepcopy(ours)
+    mine = Muon(ours, lr=0.01, weight_decay=0.1, ns_dtype="bfloat16")
+    reference = torch.optim.Muon(theirs, lr=0.01, weight_decay=0.1, adjust_lr_fn="original")
+    for _ in range(3):
+        for a, b in zip(ours, theirs, strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        mine.step()
+        reference.step()
+    for a, b in zip(ours, theirs, strict=True):  # same shapes batched together: the same numbers
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("orthogonalizer", sorted(ORTHOGONALIZERS))
+def test_orthogonalize_brings_every_singular_value_near_one(orthogonalizer):
+    torch.manual_seed(0)
+    updates = torch.randn(3, 96, 32) * torch.logspace(-1, 0, 32)  # tall, singular values 10x apart
+    singular = torch.linalg.svdvals(orthogonalize(updates, orthogonalizer, torch.float32))
+    assert singular.shape == (3, 32)
+    assert 0.6 < singular.min() and singular.max() < 1.2
+    wide = orthogonalize(updates.mT, orthogonalizer, torch.float32)
+    assert torch.allclose(wide, orthogonalize(updates, orthogonalizer, torch.float32).mT)
+
+
+def test_muon_refuses_an_unknown_choice_by_name():
+    with pytest.raises(
+        ValueError, match="optimizer.orthogonalizer must be one of newton_schulz, polar_express"
+    ):
+        muon(GPT(GPTConfig(**SIZE)), orthogonalizer="svd")
+
+
+def test_a_state_dict_of_torch_optim_muon_groups_resumes_with_the_defaults():
+    model = GPT(GPTConfig(**SIZE, pos_emb="rope", bias=False))
+    optimizer = muon(model, orthogonalizer="polar_express")
+    state = copy.deepcopy(optimizer.state_dict())
+    for key in ("orthogonalizer", "ns_dtype"):  # what torch.optim.Muon's groups did not have
+        del state["param_groups"][0][key]
+    optimizer.load_state_dict(state)
+    assert optimizer.muon.param_groups[0]["orthogonalizer"] == "polar_express"
+    steps(model, optimizer, [torch.randint(0, 64, (2, 17))])
 
 
 @pytest.mark.parametrize(
