@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import statistics
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import lightning as L
@@ -31,7 +34,7 @@ from fingpt.config import compose
 from fingpt.data.datamodule import TranscriptDataModule
 from fingpt.data.prepare import prepare
 from fingpt.lit_module import GPTLitModule
-from fingpt.loss import linear_cross_entropy
+from fingpt.loss import linear_cross_entropy, loss_chunk_rows
 from fingpt.model import GPT, CausalSelfAttention, GPTConfig
 from fingpt.optim import adamw
 
@@ -168,6 +171,204 @@ def lightning_loop(module: GPTLitModule, batches: list, warmup: int, log_dir: st
     return (len(batches) - warmup) * batches[0][0].numel() / timer.seconds
 
 
+# --- the demo's step: the machine's peak, the step's share of it, where its time goes ---------
+
+
+def matmul_peak(config: GPTConfig, tokens: int, dtype: torch.dtype) -> float:
+    """GFLOP/s of the model's own matrix products in `dtype`: `tokens` rows through each Linear of
+    the blocks, and through the LM head in the loss's chunks of rows; best of three."""
+    c, hidden, vocab = config.n_embd, config.mlp_hidden, config.vocab_size
+    chunk = loss_chunk_rows(vocab, c, torch.device("cpu"))
+    products = [(tokens, c, 3 * c), (tokens, c, c), (tokens, c, hidden), (tokens, hidden, c)] * config.n_layer
+    products += [(chunk, c, vocab)] * (tokens // chunk)
+    operands = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)) for m, k, n in products]
+    flops = sum(2 * m * k * n for m, k, n in products)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for a, b in operands:
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
+class RecordFunctions(L.pytorch.profilers.Profiler):
+    """Lightning's actions (its hooks, fetching a batch, training_step, backward) as
+    torch.profiler ranges of the same names, and the wall seconds of each in `seconds`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open, self.seconds = {}, defaultdict(float)
+
+    def start(self, action_name: str) -> None:
+        scope = torch.profiler.record_function(action_name)
+        self.open[action_name] = (scope.__enter__(), time.perf_counter())
+
+    def stop(self, action_name: str) -> None:
+        if (opened := self.open.pop(action_name, None)) is not None:
+            scope, start = opened
+            scope.__exit__(None, None, None)
+            self.seconds[action_name] += time.perf_counter() - start
+
+
+class StepProfile(L.Callback):
+    """Each training step's wall time; torch.profiler over steps [start, start + count)."""
+
+    def __init__(self, start: int, count: int) -> None:
+        self.begin, self.count, self.seconds, self.validations = start, count, [], []
+        self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.started = time.perf_counter()
+        if batch_idx == self.begin:
+            self.profiler.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seconds.append(time.perf_counter() - self.started)
+        if batch_idx == self.begin + self.count - 1:
+            self.profiler.stop()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.validation_started = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.validations.append(time.perf_counter() - self.validation_started)
+
+
+def labelled(function, label: str):
+    def call(*args, **kwargs):
+        with torch.profiler.record_function(label):
+            return function(*args, **kwargs)
+
+    return call
+
+
+def demo_step(tmp: str, steps: int, profiled: int) -> dict:
+    """The demo's recipe (experiment=cpu_demo, on the committed calls) through train.py's own
+    module and trainer for `steps` steps; its step times and a torch.profiler breakdown."""
+    from fingpt import model as model_module
+    from fingpt.train import build, build_trainer, choose_precision
+
+    cfg = compose(
+        "train",
+        [
+            "experiment=cpu_demo", "data=cc_by_sa", f"paths.data_dir={ROOT / 'tests' / 'corpus'}",
+            f"paths.cache_dir={tmp}/cache", f"paths.log_dir={tmp}", f"paths.models_dir={tmp}/models",
+            f"+paths.run_dir={tmp}/run", f"trainer.max_steps={steps}", "trainer.max_time=null",
+            f"trainer.val_check_interval={steps}",
+            "trainer.enable_progress_bar=false", "~callbacks.progress_bar", "~callbacks.best",
+            "~callbacks.periodic",
+            "export.format=none",
+        ],
+    )  # fmt: skip
+    cfg.paths.output_dir = cfg.paths.run_dir
+    choose_precision(cfg)
+    module, data = build(cfg)
+    trainer = build_trainer(cfg)
+    timer = StepProfile(start=steps - profiled, count=profiled)
+    trainer.callbacks.append(timer)
+    trainer.profiler = RecordFunctions()
+    module.model.forward = labelled(module.model.forward, "forward")
+    loss = model_module.linear_cross_entropy
+    model_module.linear_cross_entropy = labelled(loss, "loss")
+    try:
+        trainer.fit(module, datamodule=data)
+    finally:
+        model_module.linear_cross_entropy = loss
+    trainer.validate(module, datamodule=data, verbose=False)  # all windows, compiled
+    windows = len(data.val_dataloader().dataset)
+    return {
+        "cfg": cfg, "module": module, "seconds": timer.seconds, "events": timer.profiler.events(),
+        "validation_per_window": timer.validations[-1] / windows,
+        "before_the_clock": trainer.profiler.seconds[f"[LightningModule]{type(module).__name__}.on_fit_start"],  # noqa: E501
+    }  # fmt: skip
+
+
+def breakdown(events, wall: float) -> dict[str, float]:
+    """Seconds of the profiled steps by kind; Lightning is what the named kinds leave of `wall`."""
+    total = defaultdict(float)
+    for event in events:
+        total[event.name] += event.cpu_time_total / 1e6
+    kinds = {
+        "forward (blocks, embedding)": total["forward"] - total["loss"],
+        "LM head and loss (with its gradient)": total["loss"],
+        "backward": sum(
+            s for name, s in total.items() if name.startswith("[Strategy]") and name.endswith(".backward")
+        ),
+        "Muon": total["Optimizer.step#Muon.step"],
+        "AdamW": total["Optimizer.step#AdamW.step"],
+        "data loader": sum(s for name, s in total.items() if name.endswith("train_dataloader_next")),
+    }
+    kinds["Lightning (hooks, clipping, logging) and the rest"] = wall - sum(kinds.values())
+    return kinds
+
+
+def seconds_of(duration: str) -> float:
+    """trainer.max_time's DD:HH:MM:SS in seconds."""
+    days, hours, minutes, seconds = (int(part) for part in duration.split(":"))
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def demo_report(steps: int, profiled: int) -> None:
+    """The demo step's share of the machine's peak, where its time goes, and the shares of the
+    budget spent compiling and validating: printed."""
+    demo = compose("train", ["experiment=cpu_demo"])
+    budget, every = seconds_of(demo.trainer.max_time), demo.trainer.val_check_interval
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{tmp}/inductor"  # empty: the first run compiles cold
+        try:
+            cold, warm = demo_step(tmp, steps, profiled), demo_step(tmp, steps, profiled)
+        finally:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
+            if cache is not None:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    cfg, module = warm["cfg"], warm["module"]
+    config, batch = module.model.config, cfg.data.loader.batch_size
+    tokens = batch * config.block_size
+    step = statistics.median(warm["seconds"][1 : steps - profiled])
+    muon = next(g for g in module.trainer.optimizers[0].param_groups if "orthogonalizer" in g)
+    native = "bfloat16" if str(cfg.trainer.precision).startswith("bf16") else "float32"
+    peaks = {name: matmul_peak(config, tokens, getattr(torch, name)) for name in ("float32", "bfloat16")}
+    achieved = module.flops_per_batch / step / 1e9
+    print(
+        f"the demo's step (experiment=cpu_demo: {config.n_embd}/{config.n_head}/{config.n_layer}, "
+        f"vocabulary {config.vocab_size}, batch {batch} x {config.block_size}, "
+        f"precision {cfg.trainer.precision}, Muon {muon['orthogonalizer']} in "
+        f"{module.trainer.optimizers[0].muon.orthogonal_dtype(muon['ns_dtype'], module.device)}), "
+        f"{torch.get_num_threads()} CPU threads:"
+    )
+    print(
+        "  matrix products at the model's shapes: "
+        + ", ".join(f"{name} {gflops:.0f} GFLOP/s" for name, gflops in peaks.items())
+        + f" (bfloat16 is {'native' if native == 'bfloat16' else 'emulated'} here)"
+    )
+    print(
+        f"  a step: {step * 1000:.0f} ms, {tokens / step:.0f} tokens/s, {achieved:.0f} GFLOP/s of the "
+        f"model's arithmetic (6N + attention): {achieved / peaks[native]:.0%} of the {native} peak "
+        "(goal: 50%)"
+    )
+    wall = sum(warm["seconds"][steps - profiled :])
+    print(
+        f"  where a step's time goes (torch.profiler over {profiled} steps, "
+        f"{wall / profiled * 1000:.0f} ms each):"
+    )
+    for kind, seconds in breakdown(warm["events"], wall).items():
+        print(f"    {kind:<50} {seconds / profiled * 1000:6.0f} ms {seconds / wall:6.1%}")
+    validation = warm["validation_per_window"] * demo.data.loader.val_windows
+    print(
+        f"  validation every {every} steps on {demo.data.loader.val_windows} windows: "
+        f"{validation:.1f} s, {validation / (validation + every * step):.1%} of the training time "
+        "(goal: at most 5%)"
+    )
+    for name, run in (("cold", cold), ("warm", warm)):
+        inside = max(0.0, run["seconds"][0] - step)
+        print(
+            f"  compiling, {name} cache: {run['before_the_clock']:.1f} s before the clock starts, "
+            f"{inside:.1f} s inside the {budget:.0f} s budget ({inside / budget:.1%})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
@@ -181,7 +382,13 @@ def main() -> None:
     parser.add_argument(
         "--tokenizer", choices=["bpe", "char"], default="bpe", help="char: the lecture model's"
     )
+    parser.add_argument("--parts", default="demo,loops", help="demo: the demo's step; loops: the comparisons")
+    parser.add_argument("--demo-steps", type=int, default=30, help="the demo's steps, the last 10 profiled")
     args = parser.parse_args()
+    if "demo" in args.parts:
+        demo_report(args.demo_steps, profiled=10)
+    if "loops" not in args.parts:
+        return
 
     with tempfile.TemporaryDirectory() as tmp:  # the calls committed in tests/corpus: any clone has them
         overrides = [f"paths.data_dir={ROOT / 'tests' / 'corpus'}", f"tokenizer={args.tokenizer}"]

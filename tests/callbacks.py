@@ -76,3 +76,24 @@ class ClockTick(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         FakeClock.now += 1.0
+
+
+class CompileWatch(Callback):
+    """Writes, as JSON, how many graphs torch.compile had made when training's clock started
+    (Lightning's Timer starts at on_train_start) and after each of the first training steps."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.counts = Path(path), {}
+
+    @staticmethod
+    def graphs() -> int:
+        from torch._dynamo.utils import counters
+
+        return sum(counters["aot_autograd"].values()) + counters["stats"]["unique_graphs"]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.counts["clock starts"] = self.graphs()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.counts[f"step {batch_idx}"] = self.graphs()
+        self.path.write_text(json.dumps(self.counts))

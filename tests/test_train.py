@@ -306,6 +306,17 @@ def test_a_time_budget_ends_the_run_and_the_schedule_with_it(tmp_path, cache_dir
     assert Path(result["best_checkpoint"]).is_file()
 
 
+def test_compiled_blocks_are_compiled_before_the_clock_of_the_budget_starts(tmp_path, cache_dir):
+    watch = tmp_path / "graphs.json"
+    overrides = ["compile=true", "trainer.max_steps=3", "export.format=none", "model=modern_tiny"]
+    overrides += ["model.block_size=32", "+callbacks.watch._target_=tests.callbacks.CompileWatch"]
+    train(train_config(tmp_path, cache_dir, [*overrides, f"+callbacks.watch.path={watch}"]))
+    graphs = json.loads(watch.read_text())
+    # on_fit_start compiled the blocks' forward and backward: the budget's steps compile nothing
+    assert graphs["clock starts"] > 0
+    assert graphs["step 0"] == graphs["step 2"] == graphs["clock starts"]
+
+
 def test_validation_during_fit_scores_a_fixed_sample_and_after_fit_every_window(tmp_path, cache_dir):
     from fingpt.data.datamodule import TranscriptDataModule
     from fingpt.data.prepare import Prepared
