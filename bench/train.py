@@ -1,4 +1,15 @@
-"""Training throughput, side by side in one run on the same model size and batches:
+"""Training throughput.
+
+First (--parts demo), the demo's own step: experiment=cpu_demo through train.py's module and
+trainer, 30 steps with a cold compile cache and 30 with a warm one. Prints the machine's
+float32 and bfloat16 matrix-product peak at the model's shapes, the step's share of it (goal: at
+least 50%), a torch.profiler breakdown by kind (forward, the LM head and loss, backward, Muon,
+AdamW, the data loader, Lightning), and the shares of the budget that validation (goal: at most
+5%) and compiling take.
+
+    python bench/train.py --parts demo
+
+Then (--parts loops), side by side in one run on the same model size and batches:
 
 1. a plain PyTorch loop (forward, backward, clip, AdamW step) on fingpt's GPT;
 2. the same model trained through Lightning's Trainer with fingpt's GPTLitModule;
